@@ -1,0 +1,291 @@
+//! Outbound HTTP (`wasi:http/outgoing-handler` for 0.2, `wasi:http/client` for
+//! 0.3): the component's `allowed_outbound_hosts` allow-list, in Spin's syntax,
+//! enforced before any connection is opened.
+//!
+//! Pattern syntax: `scheme://host[:port]`, where `scheme` may be `*`, `host` may
+//! be `*` or `*.example.com`, and `port` may be a number, `*` or `low..high`.
+//! Without a port, the scheme's default port is meant (80 for http, 443 for
+//! https). A denied request fails inside the guest with `HTTP-request-denied`.
+
+use std::sync::Arc;
+
+use http::uri::Scheme;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SchemePat {
+    Any,
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPat {
+    Any,
+    /// `*.example.com`: any subdomain of the suffix (not the suffix itself).
+    Subdomain(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortPat {
+    Any,
+    /// The scheme's default port.
+    Default,
+    Range(u16, u16),
+}
+
+/// One parsed `allowed_outbound_hosts` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    scheme: SchemePat,
+    host: HostPat,
+    port: PortPat,
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
+}
+
+impl HostPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hint = "expected `scheme://host[:port]`, e.g. \"https://example.com\", \"http://127.0.0.1:8080\" or \"https://*.example.com\"";
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(format!("{text:?} has no scheme; {hint}"));
+        };
+        let scheme = match scheme {
+            "*" => SchemePat::Any,
+            s if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-') =>
+            {
+                SchemePat::Named(s.to_string())
+            }
+            s => return Err(format!("{text:?}: invalid scheme {s:?}; {hint}")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(format!(
+                "{text:?}: a path is not allowed here, only scheme, host and port; {hint}"
+            ));
+        }
+        // Split host and port, minding bracketed IPv6 literals.
+        let (host, port) = if let Some(after) = rest.strip_prefix('[') {
+            let Some((h, tail)) = after.split_once(']') else {
+                return Err(format!("{text:?}: unclosed '[' in IPv6 host"));
+            };
+            (h.to_string(), tail.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (rest.to_string(), None),
+            }
+        };
+        let host = host.to_ascii_lowercase();
+        let host = if host == "*" {
+            HostPat::Any
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            if suffix.is_empty() || suffix.contains('*') {
+                return Err(format!("{text:?}: invalid wildcard host; {hint}"));
+            }
+            HostPat::Subdomain(suffix.to_string())
+        } else if host.is_empty()
+            || host.contains('*')
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+        {
+            return Err(format!("{text:?}: invalid host {host:?}; {hint}"));
+        } else {
+            HostPat::Exact(host)
+        };
+        let port = match port {
+            None => {
+                if let SchemePat::Named(s) = &scheme
+                    && default_port(s).is_none()
+                {
+                    return Err(format!(
+                        "{text:?}: scheme {s:?} has no default port; give one, e.g. \"{s}://host:1234\""
+                    ));
+                }
+                PortPat::Default
+            }
+            Some("*") => PortPat::Any,
+            Some(p) => {
+                let parse = |s: &str| {
+                    s.parse::<u16>()
+                        .map_err(|_| format!("{text:?}: invalid port {p:?}; {hint}"))
+                };
+                match p.split_once("..") {
+                    Some((lo, hi)) => {
+                        let (lo, hi) = (parse(lo)?, parse(hi)?);
+                        if lo > hi {
+                            return Err(format!("{text:?}: empty port range {p:?}"));
+                        }
+                        PortPat::Range(lo, hi)
+                    }
+                    None => {
+                        let n = parse(p)?;
+                        PortPat::Range(n, n)
+                    }
+                }
+            }
+        };
+        Ok(HostPattern { scheme, host, port })
+    }
+
+    /// Does a request to `scheme://host:port` match this pattern?
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = match &self.scheme {
+            SchemePat::Any => true,
+            SchemePat::Named(s) => s == scheme,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host_ok = match &self.host {
+            HostPat::Any => true,
+            HostPat::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostPat::Subdomain(suffix) => {
+                let host = host.to_ascii_lowercase();
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        };
+        let port_ok = match &self.port {
+            PortPat::Any => true,
+            PortPat::Default => default_port(scheme) == Some(port),
+            PortPat::Range(lo, hi) => (*lo..=*hi).contains(&port),
+        };
+        scheme_ok && host_ok && port_ok
+    }
+}
+
+/// A component's resolved allow-list.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    patterns: Vec<HostPattern>,
+}
+
+impl OutboundPolicy {
+    pub fn new(patterns: Vec<HostPattern>) -> Self {
+        OutboundPolicy { patterns }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn allows_uri(&self, uri: &http::Uri) -> bool {
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let Some(host) = uri.host() else {
+            return false;
+        };
+        let port = match uri.port_u16().or_else(|| default_port(scheme)) {
+            Some(p) => p,
+            None => return false,
+        };
+        self.patterns.iter().any(|p| p.allows(scheme, host, port))
+    }
+}
+
+/// The `wasi:http` hooks of one request's store: the allow-list check, then
+/// the default client.
+pub struct OutboundHooks {
+    pub component: Arc<str>,
+    pub policy: Arc<OutboundPolicy>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for OutboundHooks {
+    fn is_supported_scheme(&mut self, scheme: &Scheme) -> bool {
+        *scheme == Scheme::HTTP || *scheme == Scheme::HTTPS
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> SendFuture {
+        drop(fut);
+        if !self.policy.allows_uri(request.uri()) {
+            tracing::warn!(
+                component = %self.component,
+                uri = %request.uri(),
+                "outbound request denied: not in allowed_outbound_hosts"
+            );
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(pat: &str, url: &str) -> bool {
+        let uri: http::Uri = url.parse().unwrap();
+        OutboundPolicy::new(vec![HostPattern::parse(pat).unwrap()]).allows_uri(&uri)
+    }
+
+    #[test]
+    fn spin_syntax() {
+        assert!(allows("https://example.com", "https://example.com/x"));
+        assert!(!allows("https://example.com", "http://example.com/x"));
+        assert!(!allows("https://example.com", "https://example.com:8443/x"));
+        assert!(allows("http://127.0.0.1:8080", "http://127.0.0.1:8080/"));
+        assert!(!allows("http://127.0.0.1:8080", "http://127.0.0.1:8081/"));
+        assert!(allows("*://example.com", "http://example.com/"));
+        assert!(allows("*://example.com", "https://example.com/"));
+        assert!(allows("https://*.example.com", "https://api.example.com/"));
+        assert!(!allows("https://*.example.com", "https://example.com/"));
+        assert!(!allows("https://*.example.com", "https://badexample.com/"));
+        assert!(allows("http://localhost:*", "http://localhost:1234/"));
+        assert!(allows("http://localhost:8000..9000", "http://localhost:8500/"));
+        assert!(!allows("http://localhost:8000..9000", "http://localhost:9001/"));
+        assert!(allows("*://*:*", "http://anything:1/"));
+        assert!(allows("http://[::1]:80", "http://[::1]/"));
+    }
+
+    #[test]
+    fn rejects_bad_patterns() {
+        for bad in [
+            "example.com",
+            "https://example.com/path",
+            "https://exa mple.com",
+            "redis://cache",
+            "https://example.com:port",
+            "https://*",
+            "https://a.*.com",
+            "http://h:9..1",
+        ] {
+            if bad == "https://*" {
+                assert!(HostPattern::parse(bad).is_ok());
+                continue;
+            }
+            assert!(HostPattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Command line: argument parsing and wiring only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::{self, AdminState};
+use crate::manifest::{self, App};
+use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
+use crate::server::{self, AppServer, Limits};
+use crate::telemetry::{self, LogFormat};
+
+/// Gantry serves the WASI HTTP components of a Spin application.
+#[derive(Parser, Debug)]
+#[command(name = "gantry", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the application's routes (like `spin up`) until Ctrl-C or SIGTERM.
+    Up(UpArgs),
+    /// Load and validate the manifest and every component, then exit; no listener.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AppArgs {
+    /// The application manifest, or the folder that holds its spin.toml.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml", value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+
+    /// Set an application variable (overrides SPIN_VARIABLE_<NAME> and defaults).
+    #[arg(long = "variable", value_name = "NAME=VALUE", value_parser = parse_key_value)]
+    pub variables: Vec<(String, String)>,
+
+    /// Folder for compiled components, reused across restarts.
+    #[arg(long, env = "GANTRY_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not read or write the compile cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+
+    /// Address of the application listener.
+    #[arg(long, default_value = "127.0.0.1:3000", env = "GANTRY_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (/healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9464", env = "GANTRY_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+
+    /// Run each component's build command before serving.
+    #[arg(long)]
+    pub build: bool,
+
+    /// Longest a request may take before the guest is stopped with a 504
+    /// (e.g. 30s, 500ms, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest linear memory one instance may use (e.g. 128MiB).
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    pub max_instance_memory: u64,
+
+    /// Largest request body accepted; larger ones get 413 (e.g. 10MiB).
+    #[arg(long, default_value = "10MiB", value_parser = parse_size)]
+    pub max_request_body: u64,
+
+    /// Most instances alive at once (requests in flight); beyond it, 503.
+    #[arg(long, default_value_t = 128)]
+    pub pool_size: u32,
+
+    /// Never use the pooling allocator (allocate instances on demand).
+    #[arg(long)]
+    pub no_pooling: bool,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if !crate::capabilities::variables::is_valid_name(k) {
+        return Err(format!("{k:?} is not a valid variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 30s or 500ms, got {s:?}"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err("duration must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// `128MiB`, `10MB`, `512KiB`, `1GiB`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a size like 128MiB, got {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Up(a) => a.app.log_format,
+        Command::Check(a) => a.app.log_format,
+    };
+    telemetry::init_logging(log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Check(args) => check(args),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_manifest(path: &Path, check_sources: bool) -> anyhow::Result<App> {
+    manifest::load_with(path, check_sources).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool) -> RuntimeConfig {
+    RuntimeConfig {
+        pool_size,
+        max_instance_memory: max_memory,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            args.cache_dir.clone().or_else(runtime::default_cache_dir)
+        },
+        pooling,
+    }
+}
+
+fn load_live(runtime: &Runtime, app: App, args: &AppArgs) -> anyhow::Result<LiveApp> {
+    let overrides: BTreeMap<String, String> = args.variables.iter().cloned().collect();
+    runtime::load_app(runtime, app, &overrides).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let app = load_manifest(&args.app.manifest, true)?;
+    let config = runtime_config(&args.app, 1, 128 << 20, false);
+    let runtime = Runtime::new(config)?;
+    let live = load_live(&runtime, app, &args.app)?;
+    let app = &live.app;
+    println!(
+        "{}: application {:?}{}",
+        app.path.display(),
+        app.name,
+        app.version
+            .as_deref()
+            .map(|v| format!(" version {v}"))
+            .unwrap_or_default()
+    );
+    println!("Components:");
+    for slot in &live.slots {
+        let v = slot.current.load();
+        let l = &v.loaded;
+        println!(
+            "  {:<12} {}  {:>8} bytes  {}  {}",
+            slot.id,
+            l.world,
+            l.size,
+            l.digest,
+            if l.from_cache {
+                "(from cache)".to_string()
+            } else {
+                format!("(compiled in {:.2?})", l.compile_time)
+            }
+        );
+    }
+    println!("Routes:");
+    for t in &app.triggers {
+        match &t.route {
+            manifest::RouteSpec::Path(p) => println!("  {:<12} {}", t.component, p),
+            manifest::RouteSpec::Private => println!("  {:<12} (private)", t.component),
+        }
+    }
+    println!("OK: {} components, {} routes", live.slots.len(), live.router.entries().len());
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let app = load_manifest(&args.app.manifest, !args.build)?;
+    let app = if args.build {
+        crate::builder::build_all(&app)?;
+        load_manifest(&args.app.manifest, true)?
+    } else {
+        app
+    };
+
+    let admin_state = Arc::new(AdminState::default());
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
+
+    let config = runtime_config(
+        &args.app,
+        args.pool_size,
+        args.max_instance_memory,
+        !args.no_pooling,
+    );
+    let runtime = Arc::new(Runtime::new(config)?);
+    let live = load_live(&runtime, app, &args.app)?;
+    let cached = live
+        .slots
+        .iter()
+        .filter(|s| s.current.load().loaded.from_cache)
+        .count();
+    tracing::info!(
+        components = live.slots.len(),
+        from_cache = cached,
+        pooling = runtime.uses_pooling(),
+        "application loaded"
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    print_routes(&live, addr, admin_addr);
+    if live.router.entries().is_empty() {
+        bail!("the application has no public routes");
+    }
+
+    let server = Arc::new(AppServer::new(
+        runtime,
+        live,
+        Limits {
+            request_timeout: args.request_timeout,
+            max_request_body: args.max_request_body,
+            max_instance_memory: args.max_instance_memory,
+        },
+    ));
+    admin_state.ready.store(true, Ordering::Relaxed);
+    let drain_state = admin_state.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        drain_state.draining.store(true, Ordering::Relaxed);
+        tracing::info!("shutting down: draining in-flight requests");
+    };
+    server::serve(listener, server, shutdown, args.shutdown_timeout).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_routes(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) {
+    println!("Serving http://{addr}");
+    println!("Admin {}", admin::describe(admin));
+    println!("Available Routes:");
+    for e in live.router.entries() {
+        let (path, suffix) = if e.is_wildcard() {
+            (e.prefix().to_string(), " (wildcard)")
+        } else {
+            (e.raw.clone(), "")
+        };
+        let path = if path.is_empty() { "/".into() } else { path };
+        println!("  {}: http://{addr}{path}{suffix}", e.component);
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("12XB").is_err());
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

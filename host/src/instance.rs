@@ -1,0 +1,248 @@
+//! One request, one fresh instance: the per-store host state, and the call of
+//! a component's HTTP handler (WASI 0.2 or 0.3) with limits and a deadline.
+//!
+//! The store lives in its own task until the response body has been sent (or
+//! dropped), because a WASI 0.3 guest keeps producing its body after it has
+//! returned the response head.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use futures::channel::oneshot;
+use wasmtime::component::ResourceTable;
+use wasmtime::{AsContextMut, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::Prepared;
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::capabilities::ComponentCaps;
+use crate::capabilities::outbound_http::OutboundHooks;
+use crate::capabilities::variables::ComponentVariables;
+use crate::runtime::LoadedComponent;
+
+/// Everything a guest's host calls can reach, for one request.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundHooks,
+    limits: StoreLimits,
+    pub(crate) variables: ComponentVariables,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
+    state.http()
+}
+
+impl HostState {
+    fn new(caps: &ComponentCaps, max_memory: u64) -> Self {
+        let mut wasi = WasiCtxBuilder::new();
+        // Granted, never ambient: no sockets, no name lookups, no files, and
+        // only the environment the manifest gives.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .inherit_stdout()
+            .inherit_stderr()
+            .envs(&caps.environment);
+        HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundHooks {
+                component: caps.id.clone(),
+                policy: caps.outbound.clone(),
+            },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+                .build(),
+            variables: caps.variables.clone(),
+        }
+    }
+}
+
+/// How a request failed inside the guest; the server maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no free instance slot")]
+    Exhausted,
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("guest returned an error instead of a response: {0}")]
+    Guest(String),
+}
+
+/// Calls the component's handler for one request.
+pub async fn invoke(
+    engine: &Engine,
+    loaded: Arc<LoadedComponent>,
+    caps: Arc<ComponentCaps>,
+    request: http::Request<WasiBody>,
+    timeout: Duration,
+    max_memory: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<http::Response<WasiBody>, InvokeError> {
+    let deadline = Instant::now() + timeout;
+    let mut store = Store::new(engine, HostState::new(&caps, max_memory));
+    store.limiter(|s| &mut s.limits);
+    // Every tick, a guest that is running yields to the executor (so one busy
+    // guest cannot starve others on its thread) and past its deadline traps.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let (tx, rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let component = caps.id.clone();
+
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let proxy = match loaded.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
+        };
+        let prepared = match Prepared::new(store.as_context_mut(), &proxy, request, http_view, tx)
+        {
+            Ok(p) => p,
+            Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
+        };
+        let result = store
+            .run_concurrent(async move |accessor| {
+                prepared.run(accessor, std::future::pending()).await?;
+                // Keep the store alive until the body is sent or dropped.
+                let _ = done_rx.await;
+                wasmtime::Result::Ok(())
+            })
+            .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => Err(classify(e, timeout)),
+        }
+    });
+    let abort = task.abort_handle();
+
+    let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
+    match outcome {
+        Ok(Ok(Ok(response))) => {
+            let (parts, body) = response.into_parts();
+            let body = DoneBody {
+                inner: body,
+                done: Some(done_tx),
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                http_body_util::BodyExt::boxed_unsync(body),
+            ))
+        }
+        Ok(Ok(Err(e))) => {
+            abort.abort();
+            Err(classify(e, timeout))
+        }
+        Ok(Err(_closed)) => {
+            // The store task ended without answering: it says why.
+            match task.await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Err(InvokeError::Guest("no response was produced".into())),
+                Err(join) => Err(InvokeError::Trap(format!("instance task failed: {join}"))),
+            }
+        }
+        Err(_elapsed) => {
+            abort.abort();
+            tracing::debug!(%component, "deadline passed before the response head");
+            Err(InvokeError::Timeout(timeout))
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return InvokeError::Timeout(timeout);
+        }
+        return InvokeError::Trap(format!("{e:?}"));
+    }
+    let text = format!("{e:#}");
+    if e.downcast_ref::<wasmtime_wasi_http::p3::bindings::http::types::ErrorCode>()
+        .is_some()
+        || e.downcast_ref::<wasmtime_wasi_http::p2::bindings::http::types::ErrorCode>()
+            .is_some()
+    {
+        return InvokeError::Guest(text);
+    }
+    if text.contains("pooling") || text.contains("maximum concurrent") {
+        return InvokeError::Exhausted;
+    }
+    InvokeError::Trap(text)
+}
+
+/// A response body that tells the store task when it is finished with.
+struct DoneBody {
+    inner: WasiBody,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for DoneBody {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Body for DoneBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && let Some(tx) = self.done.take()
+        {
+            let _ = tx.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,345 @@
+//! Request path -> component, with Spin's matching rules, and the `spin-*`
+//! headers Spin gives the component it picks.
+//!
+//! Rules (Spin's, which follow its `routefinder`-based router):
+//! - `/cart` is exact; a trailing slash on route or path is not significant.
+//! - `/cart/...` matches `/cart` and everything below it; `/...` matches all.
+//! - `:name` matches one segment and is passed as `spin-path-match-name`.
+//! - Where several match, the most specific wins, segment by segment from the
+//!   left: a literal beats `:name`, which beats a trailing wildcard; an exact
+//!   end beats a wildcard that matches nothing.
+//! - Private components are never routed. No match is a 404.
+//!
+//! Lookup walks a segment trie, so its cost depends on the path's depth, not on
+//! how many routes the application has.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One routable entry.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    /// The route as written in the manifest, e.g. `/api/...`.
+    pub raw: String,
+    /// The route without trailing slash (Spin's "based" route with base `/`).
+    pub based: String,
+    pub component: Arc<str>,
+    /// Index of the component in the app's component table.
+    pub component_index: usize,
+    wildcard: bool,
+}
+
+impl RouteEntry {
+    /// The route without its trailing wildcard (`spin-component-route`).
+    pub fn prefix(&self) -> &str {
+        self.raw.strip_suffix("/...").unwrap_or(&self.raw)
+    }
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+}
+
+#[derive(Default, Debug)]
+struct Node {
+    literal: HashMap<String, Node>,
+    param: Option<(String, Box<Node>)>,
+    /// Route ending exactly here.
+    exact: Option<usize>,
+    /// Route with a trailing wildcard here.
+    wildcard: Option<usize>,
+}
+
+/// The routing table of one application version.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: Node,
+    entries: Vec<RouteEntry>,
+}
+
+/// The result of routing one path.
+#[derive(Debug)]
+pub struct RouteMatch<'r> {
+    pub entry: &'r RouteEntry,
+    /// `spin-path-info`: the part of the path the wildcard matched.
+    pub path_info: String,
+    /// `:name` captures, in route order.
+    pub params: Vec<(String, String)>,
+}
+
+/// Checks a route string's syntax; the error says what is wrong.
+pub fn validate_route(route: &str) -> Result<(), String> {
+    if !route.starts_with('/') {
+        return Err(format!("route {route:?} must start with '/'"));
+    }
+    let segments = split(route.strip_suffix("/...").unwrap_or(route));
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.contains("...") {
+            return Err(format!(
+                "route {route:?}: `...` is only allowed as the last segment (`/prefix/...`)"
+            ));
+        }
+        if seg.contains('*') && !(*seg == "*" && i == segments.len() - 1) {
+            return Err(format!("route {route:?}: `*` is only allowed as the last segment"));
+        }
+        if let Some(name) = seg.strip_prefix(':')
+            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        {
+            return Err(format!("route {route:?}: `:{name}` is not a valid parameter name"));
+        }
+        if seg.contains('?') || seg.contains('#') {
+            return Err(format!("route {route:?}: a route cannot contain '?' or '#'"));
+        }
+    }
+    Ok(())
+}
+
+/// The canonical form of a route, for duplicate detection.
+pub fn normalize_route(route: &str) -> String {
+    let (body, wild) = split_wildcard(route);
+    let mut s = String::from("/");
+    s.push_str(&split(body).join("/"));
+    if wild {
+        s.push_str(if s.ends_with('/') { "..." } else { "/..." });
+    }
+    s
+}
+
+fn split_wildcard(route: &str) -> (&str, bool) {
+    if route == "/..." {
+        return ("/", true);
+    }
+    if let Some(p) = route.strip_suffix("/...") {
+        return (p, true);
+    }
+    if let Some(p) = route.strip_suffix("/*") {
+        return (p, true);
+    }
+    (route, false)
+}
+
+/// Path segments without empty ones at the ends (`/a/b/` -> `[a, b]`).
+fn split(path: &str) -> Vec<&str> {
+    let trimmed = path.trim_start_matches('/').trim_end_matches('/');
+    if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    }
+}
+
+impl Router {
+    /// Builds a table from `(route, component id, component index)`. Routes must
+    /// have been validated ([`validate_route`]); a later duplicate replaces an
+    /// earlier one, as in Spin (the manifest loader refuses duplicates first).
+    pub fn build<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, usize)>) -> Router {
+        let mut router = Router::default();
+        for (raw, component, index) in routes {
+            let (body, wildcard) = split_wildcard(raw);
+            // Spin strips one trailing slash from a non-wildcard route, so the
+            // root route `/` is reported as the empty string.
+            let based = if wildcard {
+                raw.to_string()
+            } else {
+                raw.strip_suffix('/').unwrap_or(raw).to_string()
+            };
+            let id = router.entries.len();
+            router.entries.push(RouteEntry {
+                raw: raw.to_string(),
+                based,
+                component: Arc::from(component),
+                component_index: index,
+                wildcard,
+            });
+            let mut node = &mut router.root;
+            for seg in split(body) {
+                node = if let Some(name) = seg.strip_prefix(':') {
+                    let slot = node
+                        .param
+                        .get_or_insert_with(|| (name.to_string(), Box::default()));
+                    &mut slot.1
+                } else {
+                    node.literal.entry(seg.to_string()).or_default()
+                };
+            }
+            if wildcard {
+                node.wildcard = Some(id);
+            } else {
+                node.exact = Some(id);
+            }
+        }
+        router
+    }
+
+    pub fn entries(&self) -> &[RouteEntry] {
+        &self.entries
+    }
+
+    /// Finds the most specific route for `path` (no query string).
+    pub fn route(&self, path: &str) -> Option<RouteMatch<'_>> {
+        let segments = split(path);
+        let mut params = Vec::new();
+        let (id, consumed) = Self::find(&self.root, &segments, 0, &mut params)?;
+        let entry = &self.entries[id];
+        let path_info = if entry.wildcard {
+            let rest = segments[consumed..].join("/");
+            match (rest.is_empty(), path.ends_with('/')) {
+                (true, false) => String::new(),
+                (true, true) => "/".to_string(),
+                (false, false) => format!("/{rest}"),
+                (false, true) => format!("/{rest}/"),
+            }
+        } else {
+            String::new()
+        };
+        Some(RouteMatch {
+            entry,
+            path_info,
+            params,
+        })
+    }
+
+    /// Depth-first in order of precedence, so the first match is the best one.
+    fn find(
+        node: &Node,
+        segs: &[&str],
+        depth: usize,
+        params: &mut Vec<(String, String)>,
+    ) -> Option<(usize, usize)> {
+        if depth == segs.len() {
+            if let Some(id) = node.exact {
+                return Some((id, depth));
+            }
+            return node.wildcard.map(|id| (id, depth));
+        }
+        if let Some(child) = node.literal.get(segs[depth])
+            && let Some(found) = Self::find(child, segs, depth + 1, params)
+        {
+            return Some(found);
+        }
+        if let Some((name, child)) = &node.param {
+            params.push((name.clone(), segs[depth].to_string()));
+            if let Some(found) = Self::find(child, segs, depth + 1, params) {
+                return Some(found);
+            }
+            params.pop();
+        }
+        node.wildcard.map(|id| (id, depth))
+    }
+}
+
+/// The `spin-*` headers for one routed request, with Spin's values.
+pub fn spin_headers(
+    m: &RouteMatch<'_>,
+    full_url: &str,
+    client_addr: &str,
+) -> Vec<(String, String)> {
+    let mut h = vec![
+        ("spin-full-url".to_string(), full_url.to_string()),
+        ("spin-path-info".to_string(), m.path_info.clone()),
+        ("spin-matched-route".to_string(), m.entry.based.clone()),
+        ("spin-base-path".to_string(), "/".to_string()),
+        ("spin-raw-component-route".to_string(), m.entry.raw.clone()),
+        ("spin-component-route".to_string(), m.entry.prefix().to_string()),
+        ("spin-client-addr".to_string(), client_addr.to_string()),
+    ];
+    for (name, value) in &m.params {
+        h.push((format!("spin-path-match-{}", name.to_ascii_lowercase()), value.clone()));
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(routes: &[(&str, &str)]) -> Router {
+        Router::build(routes.iter().enumerate().map(|(i, (r, c))| (*r, *c, i)))
+    }
+
+    fn hit(r: &Router, path: &str) -> Option<String> {
+        r.route(path).map(|m| m.entry.component.to_string())
+    }
+
+    #[test]
+    fn exact_routes() {
+        let r = router(&[("/foo", "foo"), ("/foo/bar", "foobar")]);
+        assert_eq!(hit(&r, "/foo").as_deref(), Some("foo"));
+        assert_eq!(hit(&r, "/foo/bar").as_deref(), Some("foobar"));
+        assert_eq!(hit(&r, "/foo/baz"), None);
+        assert_eq!(hit(&r, "/"), None);
+        // Trailing slash is not significant.
+        assert_eq!(hit(&r, "/foo/").as_deref(), Some("foo"));
+    }
+
+    #[test]
+    fn wildcard_and_specificity() {
+        let r = router(&[
+            ("/...", "all"),
+            ("/one", "one-exact"),
+            ("/one/...", "one"),
+            ("/one/two/...", "onetwo"),
+            ("/one/:id", "one-param"),
+        ]);
+        assert_eq!(hit(&r, "/one").as_deref(), Some("one-exact"));
+        assert_eq!(hit(&r, "/one/two/three").as_deref(), Some("onetwo"));
+        assert_eq!(hit(&r, "/one/two").as_deref(), Some("onetwo"));
+        assert_eq!(hit(&r, "/one/x").as_deref(), Some("one-param"));
+        assert_eq!(hit(&r, "/one/x/y").as_deref(), Some("one"));
+        assert_eq!(hit(&r, "/other").as_deref(), Some("all"));
+        assert_eq!(hit(&r, "/").as_deref(), Some("all"));
+    }
+
+    #[test]
+    fn order_does_not_matter() {
+        let a = router(&[("/a/...", "short"), ("/a/b/...", "long")]);
+        let b = router(&[("/a/b/...", "long"), ("/a/...", "short")]);
+        assert_eq!(hit(&a, "/a/b/c"), hit(&b, "/a/b/c"));
+        assert_eq!(hit(&a, "/a/b/c").as_deref(), Some("long"));
+    }
+
+    #[test]
+    fn path_info_like_spin() {
+        let r = router(&[("/test/...", "t")]);
+        let pi = |p: &str| r.route(p).unwrap().path_info;
+        assert_eq!(pi("/test"), "");
+        assert_eq!(pi("/test/"), "/");
+        assert_eq!(pi("/test/hello"), "/hello");
+        assert_eq!(pi("/test/hello/"), "/hello/");
+        let all = router(&[("/...", "all")]);
+        assert_eq!(all.route("/1/2/3").unwrap().path_info, "/1/2/3");
+    }
+
+    #[test]
+    fn headers_like_spin() {
+        let r = router(&[("/api/...", "api"), ("/users/:id", "users")]);
+        let m = r.route("/api/v1/x").unwrap();
+        let h: HashMap<_, _> = spin_headers(&m, "http://h:3000/api/v1/x?q=1", "127.0.0.1:5")
+            .into_iter()
+            .collect();
+        assert_eq!(h["spin-full-url"], "http://h:3000/api/v1/x?q=1");
+        assert_eq!(h["spin-path-info"], "/v1/x");
+        assert_eq!(h["spin-matched-route"], "/api/...");
+        assert_eq!(h["spin-raw-component-route"], "/api/...");
+        assert_eq!(h["spin-component-route"], "/api");
+        assert_eq!(h["spin-base-path"], "/");
+        assert_eq!(h["spin-client-addr"], "127.0.0.1:5");
+        let m = r.route("/users/42").unwrap();
+        let h: HashMap<_, _> = spin_headers(&m, "u", "c").into_iter().collect();
+        assert_eq!(h["spin-path-match-id"], "42");
+        assert_eq!(h["spin-path-info"], "");
+        assert_eq!(h["spin-component-route"], "/users/:id");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(validate_route("/a/...").is_ok());
+        assert!(validate_route("/a/:id/b").is_ok());
+        assert!(validate_route("a").is_err());
+        assert!(validate_route("/a/.../b").is_err());
+        assert!(validate_route("/a/:").is_err());
+        assert!(validate_route("/a?b").is_err());
+        assert_eq!(normalize_route("/a/"), "/a");
+        assert_eq!(normalize_route("/a/..."), "/a/...");
+        assert_eq!(normalize_route("/..."), "/...");
+    }
+}

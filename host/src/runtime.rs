@@ -1,0 +1,519 @@
+//! The wasmtime side: one `Engine` (pooling allocator when the address space
+//! allows it, epoch interruption, component-model async), the on-disk compile
+//! cache, the linker with every host interface a guest may import, and the
+//! loaded, pre-instantiated components.
+//!
+//! A loaded component is immutable; the live table holds each one behind an
+//! `ArcSwap`, the single point where a new version replaces an old one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::handler::ProxyPre;
+
+use crate::instance::HostState;
+
+/// How often the epoch advances; the granularity of timeouts and of the
+/// yields that keep one busy guest from starving the others.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Host settings that shape the engine and every store.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances alive at once (requests in flight), across components.
+    pub pool_size: u32,
+    /// Largest linear memory one instance may grow to, in bytes.
+    pub max_instance_memory: u64,
+    /// Where compiled components are kept between runs; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling allocator if the probe allows it.
+    pub pooling: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            pool_size: 128,
+            max_instance_memory: 128 << 20,
+            cache_dir: default_cache_dir(),
+            pooling: true,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/gantry`, else `~/.cache/gantry`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("gantry"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache").join("gantry"))
+}
+
+/// Which WASI HTTP world a component serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpWorld {
+    /// `wasi:http/incoming-handler@0.2.x`
+    P2,
+    /// `wasi:http/handler@0.3.x`
+    P3,
+}
+
+impl std::fmt::Display for HttpWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpWorld::P2 => "wasi:http 0.2",
+            HttpWorld::P3 => "wasi:http 0.3",
+        })
+    }
+}
+
+/// Why a component could not be loaded. The variants let callers (hot swap,
+/// `gantry check`) say precisely what is wrong with the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` magic)")]
+    NotWasm { path: PathBuf },
+    #[error(
+        "{path} is a core WebAssembly module, not a component; build it for `wasm32-wasip2` (or run `wasm-tools component new`)"
+    )]
+    CoreModule { path: PathBuf },
+    #[error("{path} does not compile: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("{path} imports something Gantry does not provide: {reason}")]
+    Link { path: PathBuf, reason: String },
+    #[error(
+        "{path} exports no HTTP handler: expected `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x`"
+    )]
+    NoHandler { path: PathBuf },
+}
+
+/// A compiled, linked, type-checked component version.
+pub struct LoadedComponent {
+    pub id: Arc<str>,
+    pub source: PathBuf,
+    /// `sha256:<hex>` of the `.wasm` bytes.
+    pub digest: String,
+    pub size: u64,
+    pub world: HttpWorld,
+    pub pre: ProxyPre<HostState>,
+    pub loaded_at: SystemTime,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    pub compile_time: Duration,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    pooling: bool,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut pooling = false;
+        let engine = if config.pooling {
+            let mut wcfg = base_config(&config);
+            let pool = pooling_config(&config);
+            let need = pool_reservation_bytes(&config);
+            if probe_address_space(need) {
+                wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+                match Engine::new(&wcfg) {
+                    Ok(e) => {
+                        pooling = true;
+                        e
+                    }
+                    Err(err) => {
+                        tracing::info!(
+                            "pooling allocator unavailable ({err:#}); using on-demand allocation"
+                        );
+                        Engine::new(&base_config(&config))?
+                    }
+                }
+            } else {
+                tracing::info!(
+                    "address space too small for a pool of {} instances ({} GiB); using on-demand allocation",
+                    config.pool_size,
+                    need >> 30
+                );
+                Engine::new(&base_config(&config))?
+            }
+        } else {
+            Engine::new(&base_config(&config))?
+        };
+
+        let mut linker = Linker::new(&engine);
+        crate::capabilities::add_to_linker(&mut linker)?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.weak(), stop_ticker.clone());
+
+        Ok(Runtime {
+            engine,
+            linker,
+            config,
+            pooling,
+            stop_ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub fn uses_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Reads, compiles (or loads from cache), links and type-checks a
+    /// component. Never touches anything that is serving.
+    pub fn load(&self, id: &str, path: &Path) -> Result<LoadedComponent, ComponentError> {
+        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(id, path, &bytes)
+    }
+
+    pub fn load_bytes(
+        &self,
+        id: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<LoadedComponent, ComponentError> {
+        let started = Instant::now();
+        let path_buf = path.to_path_buf();
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(ComponentError::NotWasm { path: path_buf });
+        }
+        // Layer 1 is a component; version 1 (with layer 0) a core module.
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(ComponentError::CoreModule { path: path_buf });
+        }
+        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let (component, from_cache) = self.compile_cached(bytes, &digest, path)?;
+
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| ComponentError::Link {
+                    path: path_buf.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+        let (pre, world) =
+            match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()) {
+                Ok(p) => (ProxyPre::P2(p), HttpWorld::P2),
+                Err(_) => match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre) {
+                    Ok(p) => (ProxyPre::P3(p), HttpWorld::P3),
+                    Err(_) => return Err(ComponentError::NoHandler { path: path_buf }),
+                },
+            };
+        Ok(LoadedComponent {
+            id: Arc::from(id),
+            source: path_buf,
+            digest,
+            size: bytes.len() as u64,
+            world,
+            pre,
+            loaded_at: SystemTime::now(),
+            from_cache,
+            compile_time: started.elapsed(),
+        })
+    }
+
+    fn compile_cached(
+        &self,
+        bytes: &[u8],
+        digest: &str,
+        path: &Path,
+    ) -> Result<(Component, bool), ComponentError> {
+        let cache_file = self.config.cache_dir.as_ref().map(|dir| {
+            // The engine's compatibility hash keys out artifacts from another
+            // wasmtime version or another set of engine settings.
+            let mut h = Sha256::new();
+            h.update(digest.as_bytes());
+            std::hash::Hash::hash(
+                &self.engine.precompile_compatibility_hash(),
+                &mut HashWriter(&mut h),
+            );
+            dir.join(format!("{:x}.cwasm", h.finalize()))
+        });
+        if let Some(file) = &cache_file
+            && file.is_file()
+        {
+            // SAFETY: the file is one this host wrote (atomically, below) into
+            // its own cache folder, keyed by content and engine hash; wasmtime
+            // checks the header and refuses artifacts of another engine.
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(c) => return Ok((c, true)),
+                Err(e) => {
+                    tracing::warn!(cache = %file.display(), "ignoring unusable cache entry: {e:#}");
+                }
+            }
+        }
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| ComponentError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        if let Some(file) = cache_file
+            && let Err(e) = write_cache(&component, &file)
+        {
+            tracing::warn!(cache = %file.display(), "cannot write compile cache: {e:#}");
+        }
+        Ok((component, false))
+    }
+}
+
+fn write_cache(component: &Component, file: &Path) -> anyhow::Result<()> {
+    let dir = file.parent().context("cache path has no folder")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = component.serialize()?;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming to {}", file.display()))?;
+    Ok(())
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+impl std::hash::Hasher for HashWriter<'_> {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn base_config(cfg: &RuntimeConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.wasm_component_model_async(true);
+    c.epoch_interruption(true);
+    // Reserve only what a memory may grow to (not wasmtime's 4 GiB default),
+    // for pool and on-demand alike: it keeps a pool of instances within a
+    // 39-bit address space, at the price of explicit bounds checks.
+    c.memory_reservation(cfg.max_instance_memory.next_power_of_two().max(1 << 20));
+    c.memory_guard_size(GUARD);
+    c
+}
+
+/// Guard pages after each memory slot; with bounds checks on, this only has
+/// to cover the largest static offset cranelift folds into an access.
+const GUARD: u64 = 2 << 20;
+/// Memories and tables one component may have (core modules plus the shims
+/// `wit-component` adds).
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
+    let mut p = PoolingAllocationConfig::default();
+    let n = cfg.pool_size.max(1);
+    p.total_component_instances(n);
+    p.total_core_instances(n * CORE_INSTANCES_PER_COMPONENT);
+    p.max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT);
+    p.total_memories(n * MEMORIES_PER_COMPONENT);
+    p.max_memories_per_component(MEMORIES_PER_COMPONENT);
+    p.total_tables(n * TABLES_PER_COMPONENT);
+    p.max_tables_per_component(TABLES_PER_COMPONENT);
+    p.max_memory_size(cfg.max_instance_memory as usize);
+    p.total_stacks(n);
+    p
+}
+
+fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
+    // Each memory slot reserves the default 4 GiB on 64-bit hosts unless told
+    // otherwise; Gantry reserves exactly the memory limit plus a guard.
+    let slot = cfg.max_instance_memory.next_power_of_two().max(1 << 20) + GUARD;
+    slot * u64::from(cfg.pool_size.max(1)) * u64::from(MEMORIES_PER_COMPONENT)
+}
+
+/// Can the process reserve `bytes` of address space? Raspberry Pi kernels
+/// with 39-bit address spaces (512 GiB) cannot always.
+fn probe_address_space(bytes: u64) -> bool {
+    let Ok(len) = usize::try_from(bytes) else {
+        return false;
+    };
+    // SAFETY: an anonymous PROT_NONE reservation that is unmapped at once; it
+    // touches no existing mapping.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(p, len);
+    }
+    true
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("gantry-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the epoch thread; request timeouts will not interrupt busy guests: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The live table: what is serving now.
+
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::capabilities::ComponentCaps;
+use crate::manifest::{App, Location};
+use crate::router::Router;
+
+/// One version of a component with what its manifest entry grants it.
+pub struct Version {
+    pub loaded: Arc<LoadedComponent>,
+    pub caps: Arc<ComponentCaps>,
+}
+
+/// A component's place in the live table. Swapping `current` is the only way
+/// a new version starts serving; requests that already hold the old `Arc`
+/// finish on it.
+pub struct ComponentSlot {
+    pub id: Arc<str>,
+    pub current: ArcSwap<Version>,
+}
+
+/// One application version: its manifest, routes and component slots.
+pub struct LiveApp {
+    pub app: App,
+    pub router: Router,
+    pub slots: Vec<Arc<ComponentSlot>>,
+    pub index: HashMap<String, usize>,
+}
+
+impl LiveApp {
+    pub fn slot(&self, id: &str) -> Option<&Arc<ComponentSlot>> {
+        self.index.get(id).map(|&i| &self.slots[i])
+    }
+}
+
+/// A problem found while loading an application, tied to the manifest.
+#[derive(Debug)]
+pub struct AppError {
+    pub location: Location,
+    pub message: String,
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Compiles and links every component of `app` and builds its router. All or
+/// nothing: any error leaves nothing half-loaded.
+pub fn load_app(
+    runtime: &Runtime,
+    app: App,
+    variable_overrides: &BTreeMap<String, String>,
+) -> Result<LiveApp, Vec<AppError>> {
+    let mut errors = Vec::new();
+    let values = match crate::capabilities::variables::resolve_app_variables(
+        &app.variables,
+        variable_overrides,
+    ) {
+        Ok(v) => v,
+        Err(message) => {
+            errors.push(AppError {
+                location: Location {
+                    file: app.path.clone(),
+                    line: 1,
+                    column: 1,
+                    field: "variables".into(),
+                },
+                message,
+            });
+            BTreeMap::new()
+        }
+    };
+    let mut slots = Vec::new();
+    let mut index = HashMap::new();
+    for (id, spec) in &app.components {
+        let caps = match ComponentCaps::resolve(spec, &values) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(AppError {
+                    location: e.location,
+                    message: e.message,
+                });
+                continue;
+            }
+        };
+        match runtime.load(id, &spec.source) {
+            Ok(loaded) => {
+                index.insert(id.clone(), slots.len());
+                slots.push(Arc::new(ComponentSlot {
+                    id: Arc::from(id.as_str()),
+                    current: ArcSwap::from_pointee(Version {
+                        loaded: Arc::new(loaded),
+                        caps: Arc::new(caps),
+                    }),
+                }));
+            }
+            Err(e) => errors.push(AppError {
+                location: spec.source_location.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let routes: Vec<(&str, &str, usize)> = app
+        .public_routes()
+        .filter_map(|(route, comp)| index.get(comp).map(|&i| (route, comp, i)))
+        .collect();
+    let router = Router::build(routes);
+    Ok(LiveApp {
+        app,
+        router,
+        slots,
+        index,
+    })
+}

@@ -1,0 +1,314 @@
+//! The application listener and the path of one request: route, limits, a
+//! fresh instance, and every failure turned into a status code in one place.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::WasiBody;
+
+use crate::instance::{self, InvokeError};
+use crate::router::spin_headers;
+use crate::runtime::{LiveApp, Runtime};
+
+/// Limits applied to every request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_request_body: u64,
+    pub max_instance_memory: u64,
+}
+
+/// Shared by every connection of the application listener.
+pub struct AppServer {
+    pub runtime: Arc<Runtime>,
+    pub live: ArcSwap<LiveApp>,
+    pub limits: Limits,
+    permits: Arc<Semaphore>,
+    pub in_flight: AtomicU64,
+}
+
+impl AppServer {
+    pub fn new(runtime: Arc<Runtime>, live: LiveApp, limits: Limits) -> Self {
+        let permits = Arc::new(Semaphore::new(runtime.config().pool_size as usize));
+        AppServer {
+            runtime,
+            live: ArcSwap::from_pointee(live),
+            limits,
+            permits,
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    /// Handles one request; never fails, every error becomes a response.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<WasiBody> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InFlight(&self.in_flight);
+        let live = self.live.load_full();
+        let path = req.uri().path().to_string();
+        let Some(m) = live.router.route(&path) else {
+            return plain(StatusCode::NOT_FOUND, "Not Found\n");
+        };
+        let slot = live.slots[m.entry.component_index].clone();
+        let version = slot.current.load_full();
+        let component = slot.id.clone();
+
+        if let Some(len) = content_length(&req)
+            && len > self.limits.max_request_body
+        {
+            tracing::warn!(%component, length = len, limit = self.limits.max_request_body, "request body too large");
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| local.to_string());
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let full_url = format!("http://{host}{path_and_query}");
+        match full_url.parse::<http::Uri>() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "Bad Request: invalid URL\n"),
+        }
+        // Clients may not forge the headers the host sets.
+        let forged: Vec<_> = parts
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("spin-"))
+            .cloned()
+            .collect();
+        for k in forged {
+            parts.headers.remove(k);
+        }
+        for (name, value) in spin_headers(&m, &full_url, &client.to_string()) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                parts.headers.insert(n, v);
+            }
+        }
+
+        let overflow = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody {
+            inner: body,
+            remaining: self.limits.max_request_body,
+            limit: self.limits.max_request_body,
+            overflow: overflow.clone(),
+        }
+        .boxed_unsync();
+        let request = Request::from_parts(parts, body);
+
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            tracing::warn!(%component, "no free instance: all {} slots busy", self.runtime.config().pool_size);
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: no free instance\n");
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        };
+        let timeout = version.caps.timeout.unwrap_or(self.limits.request_timeout);
+        let result = instance::invoke(
+            self.runtime.engine(),
+            version.loaded.clone(),
+            version.caps.clone(),
+            request,
+            timeout,
+            self.limits.max_instance_memory,
+            permit,
+        )
+        .await;
+        if overflow.load(Ordering::Relaxed) {
+            tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
+        }
+        match result {
+            Ok(resp) => resp,
+            Err(e) => error_response(&component, &path, e),
+        }
+    }
+}
+
+struct InFlight<'a>(&'a AtomicU64);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn error_response(component: &str, path: &str, e: InvokeError) -> Response<WasiBody> {
+    match e {
+        InvokeError::Timeout(after) => {
+            tracing::warn!(%component, %path, ?after, "request timed out");
+            plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
+        }
+        InvokeError::Exhausted => {
+            tracing::warn!(%component, %path, "no free instance");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: no free instance\n",
+            );
+            r.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        InvokeError::Trap(msg) => {
+            tracing::error!(%component, %path, "guest trapped: {msg}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+        InvokeError::Instantiate(msg) => {
+            tracing::error!(%component, %path, "instantiation failed: {msg}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+        InvokeError::Guest(msg) => {
+            tracing::error!(%component, %path, "handler failed: {msg}");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+    }
+}
+
+pub fn plain(status: StatusCode, text: &'static str) -> Response<WasiBody> {
+    let mut r = Response::new(full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn full(bytes: Bytes) -> WasiBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The request body as the guest sees it: at most `limit` bytes; past that it
+/// ends with an error and the host answers 413.
+struct LimitedBody {
+    inner: Incoming,
+    remaining: u64,
+    limit: u64,
+    overflow: Arc<AtomicBool>,
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.remaining {
+                        self.overflow.store(true, Ordering::Relaxed);
+                        let limit = self.limit;
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
+                        )));
+                    }
+                    self.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then lets in-flight
+/// requests finish for up to `drain` before returning.
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<AppServer>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Without it small responses wait ~40 ms for delayed ACKs.
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, std::convert::Infallible>(server.handle(req, client, local).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%client, "connection ended with error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!("shutdown timeout of {drain:?} passed with requests still in flight");
+        }
+    }
+}
