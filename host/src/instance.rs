@@ -191,7 +191,9 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
         if *trap == Trap::Interrupt {
             return InvokeError::Timeout(timeout);
         }
-        return InvokeError::Trap(format!("{e:?}"));
+        // One line for the log; the wasm backtrace only at debug level.
+        tracing::debug!("trap details: {e:?}");
+        return InvokeError::Trap(trap.to_string());
     }
     let text = format!("{e:#}");
     if e.downcast_ref::<wasmtime_wasi_http::p3::bindings::http::types::ErrorCode>()

@@ -175,7 +175,7 @@ struct RawManifest {
     #[serde(default)]
     variables: BTreeMap<Spanned<String>, Spanned<RawVariable>>,
     #[serde(default)]
-    trigger: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    trigger: Option<Spanned<RawTriggers>>,
     #[serde(default)]
     component: BTreeMap<Spanned<String>, Spanned<RawComponent>>,
 }
@@ -211,6 +211,25 @@ struct RawVariable {
     required: bool,
     #[serde(default)]
     secret: bool,
+}
+
+/// Trigger types. Only `http` is served; the others Spin knows are named so
+/// the error can say they are not supported (rather than "unknown").
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTriggers {
+    #[serde(default)]
+    http: Vec<Spanned<RawHttpTrigger>>,
+    #[serde(default)]
+    redis: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    mqtt: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    cron: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    sqs: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    command: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -490,44 +509,35 @@ impl<'a> Ctx<'a> {
         // Triggers.
         let mut triggers = Vec::new();
         let mut seen_routes: BTreeMap<String, String> = BTreeMap::new();
-        for (kind, value) in raw.trigger {
-            if kind.get_ref() != "http" {
-                errors.push(self.error_at(
-                    kind.span(),
-                    Some(&format!("trigger.{}", kind.get_ref())),
-                    format!(
-                        "trigger type {:?} is not supported by Gantry; only `[[trigger.http]]` is",
-                        kind.get_ref()
-                    ),
-                ));
-                continue;
+        if let Some(trig) = raw.trigger {
+            let trig = trig.into_inner();
+            let others = [
+                ("redis", &trig.redis),
+                ("mqtt", &trig.mqtt),
+                ("cron", &trig.cron),
+                ("sqs", &trig.sqs),
+                ("command", &trig.command),
+            ];
+            for (kind, value) in others {
+                if let Some(v) = value {
+                    errors.push(self.error_at(
+                        v.span(),
+                        Some(&format!("trigger.{kind}")),
+                        format!("trigger type {kind:?} is not supported by Gantry; only `[[trigger.http]]` is"),
+                    ));
+                }
             }
-            let span = value.span();
-            let toml::Value::Array(items) = value.into_inner() else {
-                errors.push(self.error_at(
-                    span,
-                    Some("trigger.http"),
-                    "expected an array of tables: write each trigger as `[[trigger.http]]`",
-                ));
-                continue;
-            };
-            for (index, item) in items.into_iter().enumerate() {
+            for (index, item) in trig.http.into_iter().enumerate() {
                 let field = format!("trigger.http[{index}]");
-                let item_span = self.nth_trigger_span(index).unwrap_or(span.clone());
-                let raw: RawHttpTrigger = match RawHttpTrigger::deserialize(item) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        errors.push(self.error_at(
-                            item_span,
-                            Some(&field),
-                            e.message().trim().to_string(),
-                        ));
-                        continue;
-                    }
-                };
-                if let Some(t) =
-                    self.trigger(&field, item_span, raw, &components, &mut seen_routes, errors)
-                {
+                let span = item.span();
+                if let Some(t) = self.trigger(
+                    &field,
+                    span,
+                    item.into_inner(),
+                    &components,
+                    &mut seen_routes,
+                    errors,
+                ) {
                     triggers.push(t);
                 }
             }
@@ -550,28 +560,6 @@ impl<'a> Ctx<'a> {
             components,
             triggers,
         })
-    }
-
-    /// Values inside an array of tables lose their spans when re-deserialized;
-    /// find the `[[trigger.http]]` header of the n-th trigger instead.
-    fn nth_trigger_span(&self, n: usize) -> Option<Range<usize>> {
-        let mut count = 0;
-        for (i, start) in self.line_starts.iter().enumerate() {
-            let end = self
-                .line_starts
-                .get(i + 1)
-                .copied()
-                .unwrap_or(self.text.len());
-            let line = self.text.get(*start..end)?.trim();
-            let compact: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-            if compact.starts_with("[[trigger.http]]") {
-                if count == n {
-                    return Some(*start..*start);
-                }
-                count += 1;
-            }
-        }
-        None
     }
 
     fn component(
@@ -840,11 +828,12 @@ impl<'a> Ctx<'a> {
             return None;
         };
         let route_field = format!("{field}.route");
+        let route_span = route.span();
         let route = match route.get_ref() {
             toml::Value::String(s) if s.starts_with('/') => RouteSpec::Path(s.clone()),
             toml::Value::String(s) => {
                 errors.push(self.error_at(
-                    span.clone(),
+                    route_span.clone(),
                     Some(&route_field),
                     format!("route {s:?} must start with '/'"),
                 ));
@@ -857,7 +846,7 @@ impl<'a> Ctx<'a> {
             }
             other => {
                 errors.push(self.error_at(
-                    span.clone(),
+                    route_span.clone(),
                     Some(&route_field),
                     format!(
                         "expected a route string like \"/hello\" or `{{ private = true }}`, found {}",
@@ -870,7 +859,7 @@ impl<'a> Ctx<'a> {
         if let RouteSpec::Path(p) = &route
             && let Err(m) = crate::router::validate_route(p)
         {
-            errors.push(self.error_at(span.clone(), Some(&route_field), m));
+            errors.push(self.error_at(route_span.clone(), Some(&route_field), m));
             return None;
         }
         let Some(component) = raw.component else {
@@ -881,11 +870,12 @@ impl<'a> Ctx<'a> {
             ));
             return None;
         };
+        let comp_span = component.span();
         let component_id = match component.get_ref() {
             toml::Value::String(s) => s.clone(),
             other => {
                 errors.push(self.error_at(
-                    span,
+                    comp_span,
                     Some(&format!("{field}.component")),
                     format!(
                         "expected a component id string (inline components are not supported yet), found {}",
@@ -898,7 +888,7 @@ impl<'a> Ctx<'a> {
         if !components.contains_key(&component_id) {
             let known: Vec<&str> = components.keys().map(String::as_str).collect();
             errors.push(self.error_at(
-                span,
+                comp_span,
                 Some(&format!("{field}.component")),
                 format!(
                     "no component {component_id:?} is defined (known: {}); add `[component.{component_id}]` or fix the id",
@@ -911,7 +901,7 @@ impl<'a> Ctx<'a> {
             let key = crate::router::normalize_route(p);
             if let Some(previous) = seen.insert(key, component_id.clone()) {
                 errors.push(self.error_at(
-                    span,
+                    route_span,
                     Some(&route_field),
                     format!("route {p:?} is already routed to component {previous:?}; each route may appear once"),
                 ));

@@ -4,17 +4,10 @@
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Alpha;
-
-fn header(request: &IncomingRequest, name: &str) -> Option<String> {
-    let values = request.headers().get(name);
-    values
-        .first()
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
 
 fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -31,12 +24,37 @@ fn json_escape(s: &str) -> String {
 
 impl Guest for Alpha {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let path_info = header(&request, "spin-path-info").unwrap_or_default();
-        let route = header(&request, "spin-matched-route").unwrap_or_default();
+        // Echo what the host told us about the request: the method, the path
+        // and the `spin-*` headers, handy for seeing how a route matched.
+        let method = match request.method() {
+            Method::Get => "GET".to_string(),
+            Method::Head => "HEAD".to_string(),
+            Method::Post => "POST".to_string(),
+            Method::Put => "PUT".to_string(),
+            Method::Delete => "DELETE".to_string(),
+            Method::Connect => "CONNECT".to_string(),
+            Method::Options => "OPTIONS".to_string(),
+            Method::Trace => "TRACE".to_string(),
+            Method::Patch => "PATCH".to_string(),
+            Method::Other(m) => m,
+        };
+        let path = request.path_with_query().unwrap_or_default();
+        let mut spin = Vec::new();
+        for (name, value) in request.headers().entries() {
+            if name.starts_with("spin-") {
+                spin.push(format!(
+                    "\"{}\":\"{}\"",
+                    json_escape(&name),
+                    json_escape(&String::from_utf8_lossy(&value))
+                ));
+            }
+        }
+        spin.sort();
         let body = format!(
-            "{{\"route\":\"alpha\",\"ok\":true,\"matched_route\":\"{}\",\"path_info\":\"{}\"}}\n",
-            json_escape(&route),
-            json_escape(&path_info)
+            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"spin\":{{{}}}}}\n",
+            json_escape(&method),
+            json_escape(&path),
+            spin.join(",")
         );
 
         let headers = Fields::new();
