@@ -1,0 +1,119 @@
+//! The example app from the root spin.toml, served by the real binary.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn root_manifest() -> std::path::PathBuf {
+    // Make sure the components exist before gantry is asked to load them.
+    for f in ["hello", "alpha", "beta", "broken"] {
+        wasm(f);
+    }
+    workspace().join("spin.toml")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_every_route_and_404s_the_rest() {
+    let upstream = Upstream::start().await;
+    let g = Gantry::start_env(
+        &root_manifest(),
+        &[],
+        &[("SPIN_VARIABLE_UPSTREAM_URL", upstream.url().as_str())],
+    );
+
+    let r = get(&g.url("/hello")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("hello"), "{}", r.text());
+    assert!(r.text().contains("answered 200"), "{}", r.text());
+    assert_eq!(upstream.connection_count(), 1);
+
+    let r = get(&g.url("/alpha")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["route"], "alpha");
+    assert_eq!(r.headers["content-type"], "application/json");
+
+    let t = Instant::now();
+    let r = get(&g.url("/beta?delay_ms=150")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["slept_ms"], 150);
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    let r = get(&g.url("/beta?delay_ms=soon")).await;
+    assert_eq!(r.status, 400);
+
+    let r = get(&g.url("/broken")).await;
+    assert_eq!(r.status, 500);
+
+    for path in ["/", "/nope", "/alpha/extra", "/hello2"] {
+        let r = get(&g.url(path)).await;
+        assert_eq!(r.status, 404, "{path} should be 404");
+    }
+
+    let r = get(&g.admin_url("/healthz")).await;
+    assert_eq!(r.status, 200);
+    let r = get(&g.admin_url("/readyz")).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_costs_one_request() {
+    let g = Gantry::start(&root_manifest(), &["--max-instance-memory", "32MiB"]);
+    for mode in ["panic", "oom", "error"] {
+        let r = get(&g.url(&format!("/broken?mode={mode}"))).await;
+        assert_eq!(r.status, 500, "mode={mode}: {}", r.text());
+        // The next request to any route succeeds.
+        let r = get(&g.url("/alpha")).await;
+        assert_eq!(r.status, 200);
+        let r = get(&g.url("/beta?delay_ms=1")).await;
+        assert_eq!(r.status, 200);
+    }
+    let log = g.stderr();
+    assert!(log.contains("component=broken"), "trap not logged with component:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_infinite_loop_gets_504_within_the_timeout() {
+    // `broken` sets tool.gantry.timeout_ms = 2000; alpha uses --request-timeout.
+    let mut g = Gantry::start(&root_manifest(), &["--request-timeout", "1s"]);
+    let t = Instant::now();
+    let r = get(&g.url("/broken?mode=loop")).await;
+    let took = t.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(took >= Duration::from_millis(1900), "ended too early: {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    println!("loop stopped after {took:?} (timeout 2s)");
+
+    // Beta is slower than the host-wide 1s timeout: a 504 too, while waiting.
+    let t = Instant::now();
+    let r = get(&g.url("/beta?delay_ms=5000")).await;
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    let r = get(&g.url("/alpha")).await;
+    assert_eq!(r.status, 200);
+    assert!(g.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_gets_413() {
+    let g = Gantry::start(&root_manifest(), &["--max-request-body", "1KiB"]);
+    let r = send("POST", &g.url("/alpha"), &[], vec![b'x'; 2048]).await;
+    assert_eq!(r.status, 413);
+    let r = send("POST", &g.url("/alpha"), &[], vec![b'x'; 512]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["method"], "POST");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_free_instance_gets_503_with_retry_after() {
+    let g = Gantry::start(&root_manifest(), &["--pool-size", "1"]);
+    let url = g.url("/beta?delay_ms=1500");
+    let slow = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = get(&g.url("/alpha")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = slow.await.expect("slow request");
+    assert_eq!(r.status, 200);
+    let r = get(&g.url("/alpha")).await;
+    assert_eq!(r.status, 200);
+}
