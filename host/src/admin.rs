@@ -69,7 +69,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             let state = state.clone();
             async move { Ok::<_, std::convert::Infallible>(state.handle(&req)) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

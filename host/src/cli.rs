@@ -36,7 +36,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct AppArgs {
     /// The application manifest, or the folder that holds its spin.toml.
-    #[arg(short = 'f', long = "from", default_value = "spin.toml", value_name = "MANIFEST")]
+    #[arg(
+        short = 'f',
+        long = "from",
+        default_value = "spin.toml",
+        value_name = "MANIFEST"
+    )]
     pub manifest: PathBuf,
 
     /// Set an application variable (overrides SPIN_VARIABLE_<NAME> and defaults).
@@ -152,9 +157,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        u => return Err(format!("unknown size unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn main() -> ExitCode {
@@ -164,7 +174,10 @@ pub fn main() -> ExitCode {
         Command::Check(a) => a.app.log_format,
     };
     telemetry::init_logging(log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
@@ -250,7 +263,11 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             manifest::RouteSpec::Private => println!("  {:<12} (private)", t.component),
         }
     }
-    println!("OK: {} components, {} routes", live.slots.len(), live.router.entries().len());
+    println!(
+        "OK: {} components, {} routes",
+        live.slots.len(),
+        live.router.entries().len()
+    );
     Ok(())
 }
 

@@ -11,10 +11,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use futures::channel::oneshot;
+use http_body::{Body, Frame, SizeHint};
 use wasmtime::component::ResourceTable;
-use wasmtime::{AsContextMut, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    AsContextMut, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::Prepared;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -133,8 +135,7 @@ pub async fn invoke(
             Ok(p) => p,
             Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
         };
-        let prepared = match Prepared::new(store.as_context_mut(), &proxy, request, http_view, tx)
-        {
+        let prepared = match Prepared::new(store.as_context_mut(), &proxy, request, http_view, tx) {
             Ok(p) => p,
             Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
         };

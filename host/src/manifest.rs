@@ -87,6 +87,7 @@ pub struct App {
 
 #[derive(Debug, Clone)]
 pub struct VariableSpec {
+    pub location: Location,
     pub default: Option<String>,
     pub required: bool,
     pub secret: bool,
@@ -382,7 +383,8 @@ impl<'a> Ctx<'a> {
         let (line, column) = self.line_col(span.start);
         let field = match field {
             Some(f) => f.to_string(),
-            None => field_at(self.text, span.start).unwrap_or_else(|| "(document)".into()),
+            None => field_at(self.text, span.start)
+                .unwrap_or_else(|| enclosing_table(self.text, span.start)),
         };
         Location {
             file: self.path.clone(),
@@ -466,13 +468,13 @@ impl<'a> Ctx<'a> {
             let v = value.into_inner();
             if v.required && v.default.is_some() {
                 errors.push(self.error_at(
-                    span,
+                    span.clone(),
                     Some(&field),
                     "a variable is either `required = true` or has a `default`, not both",
                 ));
             } else if !v.required && v.default.is_none() {
                 errors.push(self.error_at(
-                    span,
+                    span.clone(),
                     Some(&field),
                     "a variable needs `default = \"...\"` or `required = true`",
                 ));
@@ -480,6 +482,7 @@ impl<'a> Ctx<'a> {
             vars.insert(
                 key.into_inner(),
                 VariableSpec {
+                    location: self.location(span, Some(&field)),
                     default: v.default,
                     required: v.required,
                     secret: v.secret,
@@ -840,7 +843,8 @@ impl<'a> Ctx<'a> {
                 return None;
             }
             toml::Value::Table(t)
-                if t.len() == 1 && t.get("private").and_then(toml::Value::as_bool) == Some(true) =>
+                if t.len() == 1
+                    && t.get("private").and_then(toml::Value::as_bool) == Some(true) =>
             {
                 RouteSpec::Private
             }
@@ -934,9 +938,11 @@ fn short(v: &toml::Value) -> String {
 pub fn is_valid_component_id(id: &str) -> bool {
     let mut chars = id.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && id
-            .split(['-', '_'])
-            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && id.split(['-', '_']).all(|w| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
 }
 
 /// The dotted key path of the innermost value or key covering byte `offset`,
@@ -948,7 +954,12 @@ fn field_at(text: &str, offset: usize) -> Option<String> {
     best
 }
 
-fn walk_table(table: &toml::de::DeTable<'_>, prefix: &str, offset: usize, best: &mut Option<String>) {
+fn walk_table(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    offset: usize,
+    best: &mut Option<String>,
+) {
     for (key, value) in table {
         let name = if prefix.is_empty() {
             key.get_ref().to_string()
@@ -978,6 +989,25 @@ fn walk_value(value: &toml::de::DeValue<'_>, name: &str, offset: usize, best: &m
         }
         _ => {}
     }
+}
+
+/// For syntax errors, where no key can be found: the table header in effect
+/// at `offset` (the nearest `[...]` line above it), or `(top level)`.
+fn enclosing_table(text: &str, offset: usize) -> String {
+    let before = text.get(..offset.min(text.len())).unwrap_or("");
+    before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| {
+            l.trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "(top level)".into())
 }
 
 /// Names declared anywhere, for tests and `gantry check` output.

@@ -79,15 +79,24 @@ pub fn validate_route(route: &str) -> Result<(), String> {
             ));
         }
         if seg.contains('*') && !(*seg == "*" && i == segments.len() - 1) {
-            return Err(format!("route {route:?}: `*` is only allowed as the last segment"));
+            return Err(format!(
+                "route {route:?}: `*` is only allowed as the last segment"
+            ));
         }
         if let Some(name) = seg.strip_prefix(':')
-            && (name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            && (name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         {
-            return Err(format!("route {route:?}: `:{name}` is not a valid parameter name"));
+            return Err(format!(
+                "route {route:?}: `:{name}` is not a valid parameter name"
+            ));
         }
         if seg.contains('?') || seg.contains('#') {
-            return Err(format!("route {route:?}: a route cannot contain '?' or '#'"));
+            return Err(format!(
+                "route {route:?}: a route cannot contain '?' or '#'"
+            ));
         }
     }
     Ok(())
@@ -239,11 +248,17 @@ pub fn spin_headers(
         ("spin-matched-route".to_string(), m.entry.based.clone()),
         ("spin-base-path".to_string(), "/".to_string()),
         ("spin-raw-component-route".to_string(), m.entry.raw.clone()),
-        ("spin-component-route".to_string(), m.entry.prefix().to_string()),
+        (
+            "spin-component-route".to_string(),
+            m.entry.prefix().to_string(),
+        ),
         ("spin-client-addr".to_string(), client_addr.to_string()),
     ];
     for (name, value) in &m.params {
-        h.push((format!("spin-path-match-{}", name.to_ascii_lowercase()), value.clone()));
+        h.push((
+            format!("spin-path-match-{}", name.to_ascii_lowercase()),
+            value.clone(),
+        ));
     }
     h
 }

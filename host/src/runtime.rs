@@ -391,7 +391,9 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
             }
         });
     if let Err(e) = spawned {
-        tracing::error!("cannot start the epoch thread; request timeouts will not interrupt busy guests: {e}");
+        tracing::error!(
+            "cannot start the epoch thread; request timeouts will not interrupt busy guests: {e}"
+        );
     }
 }
 
@@ -459,16 +461,11 @@ pub fn load_app(
         variable_overrides,
     ) {
         Ok(v) => v,
-        Err(message) => {
-            errors.push(AppError {
-                location: Location {
-                    file: app.path.clone(),
-                    line: 1,
-                    column: 1,
-                    field: "variables".into(),
-                },
-                message,
-            });
+        Err(missing) => {
+            errors.extend(missing.into_iter().map(|e| AppError {
+                location: e.location,
+                message: e.message,
+            }));
             BTreeMap::new()
         }
     };

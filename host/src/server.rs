@@ -127,7 +127,10 @@ impl AppServer {
 
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             tracing::warn!(%component, "no free instance: all {} slots busy", self.runtime.config().pool_size);
-            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: no free instance\n");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: no free instance\n",
+            );
             r.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
@@ -203,7 +206,9 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<WasiBody> {
 }
 
 pub fn full(bytes: Bytes) -> WasiBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {

@@ -28,7 +28,10 @@ upstream_url = "{{{{ upstream_url }}}}"
 async fn allowed_host_is_reached() {
     wasm("hello");
     let upstream = Upstream::start().await;
-    let (_dir, path) = write_manifest(&manifest(&format!("\"http://127.0.0.1:{}\"", upstream.addr.port())));
+    let (_dir, path) = write_manifest(&manifest(&format!(
+        "\"http://127.0.0.1:{}\"",
+        upstream.addr.port()
+    )));
     let url = format!("upstream_url={}", upstream.url());
     let g = Gantry::start(&path, &["--variable", &url]);
     let r = get(&g.url("/hello")).await;
@@ -49,7 +52,11 @@ async fn denied_host_errors_in_guest_and_opens_no_connection() {
     // The guest got an error and said so in its own response.
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("HttpRequestDenied"), "{}", r.text());
-    assert_eq!(upstream.connection_count(), 0, "a denied request reached the network");
+    assert_eq!(
+        upstream.connection_count(),
+        0,
+        "a denied request reached the network"
+    );
     assert!(g.stderr().contains("outbound request denied"));
 }
 

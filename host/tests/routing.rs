@@ -77,7 +77,12 @@ async fn most_specific_route_wins_with_spin_headers() {
     let full = h["spin-full-url"].as_str().unwrap();
     assert_eq!(full, format!("http://{}/api/v1/things?x=1", g.addr));
     assert_eq!(h["spin-base-path"], "/");
-    assert!(h["spin-client-addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        h["spin-client-addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
 
     let h = spin(&g, "/api").await;
     assert_eq!(h["spin-raw-component-route"], "/api/...");
@@ -98,7 +103,10 @@ async fn most_specific_route_wins_with_spin_headers() {
     let r = send(
         "GET",
         &g.url("/api/real"),
-        &[("spin-path-info", "/forged"), ("spin-component-route", "/x")],
+        &[
+            ("spin-path-info", "/forged"),
+            ("spin-component-route", "/x"),
+        ],
         vec![],
     )
     .await;

@@ -67,7 +67,10 @@ async fn a_trap_costs_one_request() {
         assert_eq!(r.status, 200);
     }
     let log = g.stderr();
-    assert!(log.contains("component=broken"), "trap not logged with component:\n{log}");
+    assert!(
+        log.contains("component=broken"),
+        "trap not logged with component:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,7 +81,10 @@ async fn an_infinite_loop_gets_504_within_the_timeout() {
     let r = get(&g.url("/broken?mode=loop")).await;
     let took = t.elapsed();
     assert_eq!(r.status, 504);
-    assert!(took >= Duration::from_millis(1900), "ended too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "ended too early: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "took {took:?}");
     println!("loop stopped after {took:?} (timeout 2s)");
 

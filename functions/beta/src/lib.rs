@@ -16,9 +16,9 @@ fn delay_from_query(query: Option<&str>) -> Result<u64, String> {
     };
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("delay_ms=") {
-            let ms: u64 = value
-                .parse()
-                .map_err(|_| format!("delay_ms must be a whole number of milliseconds, got {value:?}"))?;
+            let ms: u64 = value.parse().map_err(|_| {
+                format!("delay_ms must be a whole number of milliseconds, got {value:?}")
+            })?;
             return Ok(ms.min(MAX_DELAY_MS));
         }
     }
@@ -36,7 +36,7 @@ async fn handle(req: Request) -> (StatusCode, HeaderMap, String) {
                 StatusCode::BAD_REQUEST,
                 headers,
                 format!("{{\"error\":{msg:?}}}\n"),
-            )
+            );
         }
     };
     // Three steps, so that per-step spans show where the time goes.

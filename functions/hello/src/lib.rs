@@ -31,11 +31,18 @@ fn upstream_url() -> String {
 async fn handle(_req: Request) -> (StatusCode, HeaderMap, String) {
     let url = upstream_url();
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     match spin_sdk::http::get(&url).await {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            (StatusCode::OK, headers, format!("hello ({url} answered {status})\n"))
+            (
+                StatusCode::OK,
+                headers,
+                format!("hello ({url} answered {status})\n"),
+            )
         }
         Err(err) => (
             StatusCode::BAD_GATEWAY,

@@ -36,18 +36,23 @@ impl ComponentCaps {
     ) -> Result<ComponentCaps, ManifestError> {
         let mut vars = HashMap::new();
         for (name, template) in &spec.variables {
-            let value = template.render(app_values).map_err(|message| ManifestError {
-                location: spec.source_location.clone(),
-                message,
-            })?;
+            let value = template
+                .render(app_values)
+                .map_err(|message| ManifestError {
+                    location: spec.source_location.clone(),
+                    message,
+                })?;
             vars.insert(name.clone(), value);
         }
         let mut patterns = Vec::new();
         for rule in &spec.allowed_outbound_hosts {
-            let text = rule.template.render(app_values).map_err(|message| ManifestError {
-                location: rule.location.clone(),
-                message,
-            })?;
+            let text = rule
+                .template
+                .render(app_values)
+                .map_err(|message| ManifestError {
+                    location: rule.location.clone(),
+                    message,
+                })?;
             let pattern = HostPattern::parse(&text).map_err(|message| ManifestError {
                 location: rule.location.clone(),
                 message: if text == rule.raw {

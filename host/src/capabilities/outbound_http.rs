@@ -59,8 +59,9 @@ impl HostPattern {
         let scheme = match scheme {
             "*" => SchemePat::Any,
             s if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-') =>
+                && s.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-'
+                }) =>
             {
                 SchemePat::Named(s.to_string())
             }
@@ -263,8 +264,14 @@ mod tests {
         assert!(!allows("https://*.example.com", "https://example.com/"));
         assert!(!allows("https://*.example.com", "https://badexample.com/"));
         assert!(allows("http://localhost:*", "http://localhost:1234/"));
-        assert!(allows("http://localhost:8000..9000", "http://localhost:8500/"));
-        assert!(!allows("http://localhost:8000..9000", "http://localhost:9001/"));
+        assert!(allows(
+            "http://localhost:8000..9000",
+            "http://localhost:8500/"
+        ));
+        assert!(!allows(
+            "http://localhost:8000..9000",
+            "http://localhost:9001/"
+        ));
         assert!(allows("*://*:*", "http://anything:1/"));
         assert!(allows("http://[::1]:80", "http://[::1]/"));
     }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::manifest::VariableSpec;
+use crate::manifest::{ManifestError, VariableSpec};
 
 /// `{{ name }}` templates with literal text around them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ pub fn is_valid_name(name: &str) -> bool {
 pub fn resolve_app_variables(
     specs: &BTreeMap<String, VariableSpec>,
     overrides: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, Vec<ManifestError>> {
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for (name, spec) in specs {
@@ -104,13 +104,18 @@ pub fn resolve_app_variables(
             Some(v) => {
                 values.insert(name.clone(), v);
             }
-            None => missing.push(format!("`{name}` (set {env_name} or pass --variable {name}=...)")),
+            None => missing.push(ManifestError {
+                location: spec.location.clone(),
+                message: format!(
+                    "required variable `{name}` has no value: set {env_name} or pass --variable {name}=..."
+                ),
+            }),
         }
     }
     if missing.is_empty() {
         Ok(values)
     } else {
-        Err(format!("required variables have no value: {}", missing.join(", ")))
+        Err(missing)
     }
 }
 

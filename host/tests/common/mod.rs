@@ -73,7 +73,10 @@ impl Gantry {
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr);
-        if !extra.iter().any(|a| *a == "--cache-dir" || *a == "--no-cache") {
+        if !extra
+            .iter()
+            .any(|a| *a == "--cache-dir" || *a == "--no-cache")
+        {
             cmd.arg("--cache-dir").arg(shared_cache_dir());
         }
         for (k, v) in env {
@@ -194,29 +197,35 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let last_headers = Arc::new(std::sync::Mutex::new(None));
         let (c, h) = (connections.clone(), last_headers.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 let h = h.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let h = h.clone();
-                        async move {
-                            *h.lock().unwrap() = Some(req.headers().clone());
-                            Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(200)
-                                    .body(Full::new(Bytes::from_static(b"upstream ok")))
-                                    .unwrap(),
-                            )
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let h = h.clone();
+                            async move {
+                                *h.lock().unwrap() = Some(req.headers().clone());
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(200)
+                                        .body(Full::new(Bytes::from_static(b"upstream ok")))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for Gantry: the pinned Rust toolchain with the
+# wasm32-wasip2 target, then a release build of the host and the example
+# functions. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^${toolchain}"; then
+    rustup toolchain install "$toolchain" --profile minimal \
+        --component rustfmt --component clippy --target wasm32-wasip2
+fi
+# An existing toolchain may lack the target or components.
+rustup target add --toolchain "$toolchain" wasm32-wasip2
+rustup component add --toolchain "$toolchain" rustfmt clippy
+
+cargo build --release --locked -p gantry
+cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
+echo "setup done: target/release/gantry"
