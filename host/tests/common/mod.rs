@@ -61,11 +61,22 @@ impl Gantry {
     }
 
     pub fn start_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gantry {
+        Self::start_with(Command::new(gantry_bin()), manifest, extra, env)
+    }
+
+    /// Starts gantry through `cmd`, which is either the binary itself or a
+    /// wrapper (e.g. a shell applying `ulimit`) that execs it with the
+    /// arguments appended here.
+    pub fn start_with(
+        mut cmd: Command,
+        manifest: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gantry {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_log = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_log).expect("stderr log");
         let started = Instant::now();
-        let mut cmd = Command::new(gantry_bin());
         cmd.arg("up")
             .arg("-f")
             .arg(manifest)

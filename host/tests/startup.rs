@@ -1,0 +1,103 @@
+//! Start-up paths: `--build`, and the fallback from the pooling allocator when
+//! the address space is too small (as on 39-bit Raspberry Pi kernels).
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_runs_each_components_build_command_in_its_workdir() {
+    let alpha = wasm("alpha");
+    let (dir, manifest) = write_manifest(&format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "built"
+[[trigger.http]]
+route = "/built"
+component = "built"
+[component.built]
+source = "out/built.wasm"
+[component.built.build]
+command = "mkdir -p ../out && cp '{}' ../out/built.wasm && echo built > ../out/marker"
+workdir = "src"
+"#,
+        alpha.display()
+    ));
+    std::fs::create_dir(dir.path().join("src")).expect("src dir");
+    assert!(!dir.path().join("out/built.wasm").exists());
+    let g = Gantry::start(&manifest, &["--build"]);
+    assert!(
+        dir.path().join("out/marker").exists(),
+        "build command did not run"
+    );
+    let r = get(&g.url("/built")).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_build_stops_start_up_with_the_component_named() {
+    let (_dir, manifest) = write_manifest(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "unbuildable"
+[[trigger.http]]
+route = "/x"
+component = "x"
+[component.x]
+source = "x.wasm"
+[component.x.build]
+command = "exit 3"
+"#,
+    );
+    let out = Command::new(gantry_bin())
+        .args([
+            "up",
+            "--build",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "-f",
+        ])
+        .arg(&manifest)
+        .output()
+        .expect("run gantry");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("build of component x failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn small_address_space_falls_back_to_on_demand_allocation() {
+    for f in ["hello", "alpha", "beta", "broken"] {
+        wasm(f);
+    }
+    // 24 GiB of address space: too little for a pool of 128 instances with
+    // 128 MiB memories, plenty for on-demand instances.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -v 25165824 && exec \"$0\" \"$@\"")
+        .arg(gantry_bin());
+    let g = Gantry::start_with(cmd, &workspace().join("spin.toml"), &[], &[]);
+    for _ in 0..3 {
+        let r = get(&g.url("/alpha")).await;
+        assert_eq!(r.status, 200);
+    }
+    let r = get(&g.url("/broken")).await;
+    assert_eq!(r.status, 500);
+    let log = g.stderr();
+    assert!(log.contains("using on-demand allocation"), "{log}");
+    assert!(log.contains("pooling=false"), "{log}");
+    assert_eq!(
+        log.matches("on-demand allocation").count(),
+        1,
+        "one log line: {log}"
+    );
+
+    // Without the limit the pool is used.
+    let g = Gantry::start(&workspace().join("spin.toml"), &[]);
+    assert_eq!(get(&g.url("/alpha")).await.status, 200);
+    assert!(g.stderr().contains("pooling=true"), "{}", g.stderr());
+}
