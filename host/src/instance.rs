@@ -152,11 +152,15 @@ pub async fn invoke(
             Ok(Err(e)) | Err(e) => Err(classify(e, timeout)),
         }
     });
-    let abort = task.abort_handle();
+    // Until a response head exists, the store task belongs to this request: a
+    // client that goes away takes the guest down with it.
+    let mut guard = AbortOnDrop(Some(task.abort_handle()));
 
     let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
     match outcome {
         Ok(Ok(Ok(response))) => {
+            // From here the body owns the task's lifetime (see `DoneBody`).
+            guard.0 = None;
             let (parts, body) = response.into_parts();
             let body = DoneBody {
                 inner: body,
@@ -167,12 +171,10 @@ pub async fn invoke(
                 http_body_util::BodyExt::boxed_unsync(body),
             ))
         }
-        Ok(Ok(Err(e))) => {
-            abort.abort();
-            Err(classify(e, timeout))
-        }
+        Ok(Ok(Err(e))) => Err(classify(e, timeout)),
         Ok(Err(_closed)) => {
             // The store task ended without answering: it says why.
+            guard.0 = None;
             match task.await {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(())) => Err(InvokeError::Guest("no response was produced".into())),
@@ -180,7 +182,6 @@ pub async fn invoke(
             }
         }
         Err(_elapsed) => {
-            abort.abort();
             tracing::debug!(%component, "deadline passed before the response head");
             Err(InvokeError::Timeout(timeout))
         }
@@ -208,6 +209,16 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
         return InvokeError::Exhausted;
     }
     InvokeError::Trap(text)
+}
+
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// A response body that tells the store task when it is finished with.

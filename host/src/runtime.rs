@@ -6,18 +6,23 @@
 //! A loaded component is immutable; the live table holds each one behind an
 //! `ArcSwap`, the single point where a new version replaces an old one.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::handler::ProxyPre;
 
+use crate::capabilities::ComponentCaps;
 use crate::instance::HostState;
+use crate::manifest::{App, Location};
+use crate::router::Router;
 
 /// How often the epoch advances; the granularity of timeouts and of the
 /// yields that keep one busy guest from starving the others.
@@ -399,13 +404,6 @@ fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
 
 // ---------------------------------------------------------------------------
 // The live table: what is serving now.
-
-use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
-
-use crate::capabilities::ComponentCaps;
-use crate::manifest::{App, Location};
-use crate::router::Router;
 
 /// One version of a component with what its manifest entry grants it.
 pub struct Version {

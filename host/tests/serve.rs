@@ -123,3 +123,16 @@ async fn no_free_instance_gets_503_with_retry_after() {
     let r = get(&g.url("/alpha")).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_frees_its_instance() {
+    let g = Gantry::start(&root_manifest(), &["--pool-size", "1"]);
+    for path in ["/beta?delay_ms=10000", "/broken?mode=loop"] {
+        let gone = tokio::time::timeout(Duration::from_millis(300), get(&g.url(path))).await;
+        assert!(gone.is_err(), "{path} should still be running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only slot is free again: the abandoned guest was stopped.
+        let r = get(&g.url("/alpha")).await;
+        assert_eq!(r.status, 200, "after abandoning {path}");
+    }
+}
