@@ -272,6 +272,8 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // Installed first, so that SIGTERM while loading still shuts down cleanly.
+    let signals = ShutdownSignals::install()?;
     let app = load_manifest(&args.app.manifest, !args.build)?;
     let app = if args.build {
         crate::builder::build_all(&app)?;
@@ -328,7 +330,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     admin_state.ready.store(true, Ordering::Relaxed);
     let drain_state = admin_state.clone();
     let shutdown = async move {
-        shutdown_signal().await;
+        signals.recv().await;
         drain_state.draining.store(true, Ordering::Relaxed);
         tracing::info!("shutting down: draining in-flight requests");
     };
@@ -352,25 +354,31 @@ fn print_routes(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) {
     }
 }
 
-async fn shutdown_signal() {
+/// Ctrl-C and (on Unix) SIGTERM, registered up front.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+    term: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(ShutdownSignals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
