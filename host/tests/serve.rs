@@ -17,7 +17,7 @@ async fn serves_every_route_and_404s_the_rest() {
     let upstream = Upstream::start().await;
     let g = Gantry::start_env(
         &root_manifest(),
-        &[],
+        &["--variable", "beta_delay_ms=40"],
         &[("SPIN_VARIABLE_UPSTREAM_URL", upstream.url().as_str())],
     );
 
@@ -39,6 +39,9 @@ async fn serves_every_route_and_404s_the_rest() {
     assert!(t.elapsed() >= Duration::from_millis(150));
     let r = get(&g.url("/beta?delay_ms=soon")).await;
     assert_eq!(r.status, 400);
+    // Without ?delay_ms, beta reads its variable through wasi:config/store.
+    let r = get(&g.url("/beta")).await;
+    assert_eq!(r.json()["slept_ms"], 40);
 
     let r = get(&g.url("/broken")).await;
     assert_eq!(r.status, 500);
@@ -128,6 +131,9 @@ async fn no_free_instance_gets_503_with_retry_after() {
 async fn a_client_that_goes_away_frees_its_instance() {
     let g = Gantry::start(&root_manifest(), &["--pool-size", "1"]);
     for path in ["/beta?delay_ms=10000", "/broken?mode=loop"] {
+        // The previous request's instance is released just after its response
+        // has been sent; give that a moment.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let gone = tokio::time::timeout(Duration::from_millis(300), get(&g.url(path))).await;
         assert!(gone.is_err(), "{path} should still be running");
         tokio::time::sleep(Duration::from_millis(100)).await;

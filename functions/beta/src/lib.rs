@@ -1,18 +1,37 @@
 //! `beta`: slow on purpose, so a trace has something to find.
 //!
-//! Sleeps `delay_ms` milliseconds (query parameter, default 300, capped at
-//! 60 000) in three steps before answering.
+//! Sleeps `delay_ms` milliseconds (query parameter, capped at 60 000) in three
+//! steps before answering. Without the parameter it sleeps the component's
+//! `default_delay_ms` variable (300 if unset), read through the portable
+//! `wasi:config/store` interface that Spin and Gantry both provide.
 
 use spin_sdk::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use spin_sdk::http_service;
 use std::time::Duration;
 
+mod config {
+    spin_sdk::wit_bindgen::generate!({
+        path: "../../wit/deps/config",
+        world: "wasi:config/imports@0.2.0-draft-2024-09-27",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+        generate_all,
+    });
+    pub use self::wasi::config::store;
+}
+
 const DEFAULT_DELAY_MS: u64 = 300;
 const MAX_DELAY_MS: u64 = 60_000;
 
+fn default_delay() -> u64 {
+    match config::store::get("default_delay_ms") {
+        Ok(Some(v)) => v.parse().unwrap_or(DEFAULT_DELAY_MS),
+        _ => DEFAULT_DELAY_MS,
+    }
+}
+
 fn delay_from_query(query: Option<&str>) -> Result<u64, String> {
     let Some(query) = query else {
-        return Ok(DEFAULT_DELAY_MS);
+        return Ok(default_delay());
     };
     for pair in query.split('&') {
         if let Some(value) = pair.strip_prefix("delay_ms=") {
@@ -22,7 +41,7 @@ fn delay_from_query(query: Option<&str>) -> Result<u64, String> {
             return Ok(ms.min(MAX_DELAY_MS));
         }
     }
-    Ok(DEFAULT_DELAY_MS)
+    Ok(default_delay())
 }
 
 #[http_service]

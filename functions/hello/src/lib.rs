@@ -2,34 +2,24 @@
 //!
 //! Calls the URL held in the `upstream_url` variable (spin.toml default:
 //! `https://example.com`) and answers `hello` with the status it got back. The
-//! variable is read through `wasi:config/store`, which Spin and Gantry both
-//! provide, so the same component runs unchanged under either host.
+//! variable is read with spin-sdk's `variables::get`, which Spin and Gantry
+//! both provide, so the same component runs unchanged under either host.
 
 use spin_sdk::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use spin_sdk::http_service;
 
-mod config {
-    spin_sdk::wit_bindgen::generate!({
-        path: "../../wit",
-        world: "gantry:host/guest-imports",
-        runtime_path: "spin_sdk::wit_bindgen::rt",
-        generate_all,
-    });
-    pub use self::wasi::config::store;
-}
-
 const DEFAULT_UPSTREAM: &str = "https://example.com";
 
-fn upstream_url() -> String {
-    match config::store::get("upstream_url") {
-        Ok(Some(url)) if !url.is_empty() => url,
+async fn upstream_url() -> String {
+    match spin_sdk::variables::get("upstream_url").await {
+        Ok(url) if !url.is_empty() => url,
         _ => DEFAULT_UPSTREAM.to_string(),
     }
 }
 
 #[http_service]
 async fn handle(_req: Request) -> (StatusCode, HeaderMap, String) {
-    let url = upstream_url();
+    let url = upstream_url().await;
     let mut headers = HeaderMap::new();
     headers.insert(
         "content-type",

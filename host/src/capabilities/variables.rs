@@ -145,10 +145,26 @@ mod bindings {
     });
 }
 
+use bindings::fermyon::spin::variables as spin_v2;
+use bindings::spin::variables::variables as spin_v3;
 use bindings::wasi::config::store;
 
-/// Per-store view handed to the generated `wasi:config/store` host trait.
+/// Per-store view handed to the generated host traits of all three
+/// variables interfaces.
 pub struct ConfigView<'a>(pub &'a ComponentVariables);
+
+impl ComponentVariables {
+    /// Spin's lookup rules: a bad name and an undefined variable are
+    /// different errors.
+    fn spin_get(&self, name: &str) -> Result<String, (bool, String)> {
+        if !is_valid_name(name) {
+            return Err((true, name.to_string()));
+        }
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| (false, name.to_string()))
+    }
+}
 
 impl store::Host for ConfigView<'_> {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, store::Error>> {
@@ -160,16 +176,49 @@ impl store::Host for ConfigView<'_> {
     }
 }
 
-struct HasConfig;
+impl spin_v2::Host for ConfigView<'_> {
+    fn get(&mut self, name: String) -> wasmtime::Result<Result<String, spin_v2::Error>> {
+        Ok(self.0.spin_get(&name).map_err(|(invalid, n)| {
+            if invalid {
+                spin_v2::Error::InvalidName(n)
+            } else {
+                spin_v2::Error::Undefined(n)
+            }
+        }))
+    }
+}
+
+impl spin_v3::Host for ConfigView<'_> {}
+
+impl<U> spin_v3::HostWithStore<U> for HasConfig {
+    async fn get(
+        store: &wasmtime::component::Accessor<U, Self>,
+        name: String,
+    ) -> wasmtime::Result<Result<String, spin_v3::Error>> {
+        let found = store.with(|mut view| view.get().0.spin_get(&name));
+        Ok(found.map_err(|(invalid, n)| {
+            if invalid {
+                spin_v3::Error::InvalidName(n)
+            } else {
+                spin_v3::Error::Undefined(n)
+            }
+        }))
+    }
+}
+
+pub struct HasConfig;
 impl wasmtime::component::HasData for HasConfig {
     type Data<'a> = ConfigView<'a>;
 }
 
-pub fn add_to_linker<T: 'static>(
+pub fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
     get: fn(&mut T) -> ConfigView<'_>,
 ) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasConfig>(linker, get)
+    store::add_to_linker::<T, HasConfig>(linker, get)?;
+    spin_v2::add_to_linker::<T, HasConfig>(linker, get)?;
+    spin_v3::add_to_linker::<T, HasConfig>(linker, get)?;
+    Ok(())
 }
 
 #[cfg(test)]
