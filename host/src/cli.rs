@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
+use crate::telemetry::trace::Tracing;
 use crate::telemetry::{self, LogFormat};
 
 /// Gantry serves the WASI HTTP components of a Spin application.
@@ -283,6 +284,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
+    let dropped_spans = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tracer = Arc::new(Tracing::init(dropped_spans.clone())?);
     let admin_state = Arc::new(AdminState::default());
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -321,6 +324,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let server = Arc::new(AppServer::new(
         runtime,
+        tracer.clone(),
         live,
         Limits {
             request_timeout: args.request_timeout,
@@ -336,6 +340,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight requests");
     };
     server::serve(listener, server, shutdown, args.shutdown_timeout).await;
+    // Flushing may wait on the collector; keep it off the async threads.
+    let flushing = tracer.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -25,6 +25,7 @@ use crate::capabilities::ComponentCaps;
 use crate::capabilities::outbound_http::OutboundHooks;
 use crate::capabilities::variables::ComponentVariables;
 use crate::runtime::LoadedComponent;
+use crate::telemetry::trace::Tracing;
 
 /// Everything a guest's host calls can reach, for one request.
 pub struct HostState {
@@ -60,7 +61,7 @@ fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
 }
 
 impl HostState {
-    fn new(caps: &ComponentCaps, max_memory: u64) -> Self {
+    fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle) -> Self {
         let mut wasi = WasiCtxBuilder::new();
         // Granted, never ambient: no sockets, no name lookups, no files, and
         // only the environment the manifest gives.
@@ -77,6 +78,9 @@ impl HostState {
             hooks: OutboundHooks {
                 component: caps.id.clone(),
                 policy: caps.outbound.clone(),
+                tracing: trace.tracing,
+                parent: trace.cx,
+                propagate: caps.propagate_trace_context,
             },
             limits: StoreLimitsBuilder::new()
                 .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
@@ -84,6 +88,12 @@ impl HostState {
             variables: caps.variables.clone(),
         }
     }
+}
+
+/// The request's trace: the tracer and the server span's context.
+pub struct TraceHandle {
+    pub tracing: Arc<Tracing>,
+    pub cx: opentelemetry::Context,
 }
 
 /// How a request failed inside the guest; the server maps each to a status.
@@ -110,9 +120,10 @@ pub async fn invoke(
     timeout: Duration,
     max_memory: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
+    trace: TraceHandle,
 ) -> Result<http::Response<WasiBody>, InvokeError> {
     let deadline = Instant::now() + timeout;
-    let mut store = Store::new(engine, HostState::new(&caps, max_memory));
+    let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace));
     store.limiter(|s| &mut s.limits);
     // Every tick, a guest that is running yields to the executor (so one busy
     // guest cannot starve others on its thread) and past its deadline traps.

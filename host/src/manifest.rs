@@ -140,6 +140,10 @@ pub struct GantrySettings {
     /// Request timeout for this component, overriding `--request-timeout`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Inject `traceparent`/`tracestate` into this component's outbound
+    /// requests (default true). Turn off when callees must not learn trace ids.
+    #[serde(default)]
+    pub propagate_trace_context: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,9 +20,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::instance::{self, InvokeError};
+use crate::instance::{self, InvokeError, TraceHandle};
 use crate::router::spin_headers;
 use crate::runtime::{LiveApp, Runtime};
+use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
+use opentelemetry::KeyValue;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ pub struct Limits {
 /// Shared by every connection of the application listener.
 pub struct AppServer {
     pub runtime: Arc<Runtime>,
+    pub tracing: Arc<Tracing>,
     pub live: ArcSwap<LiveApp>,
     pub limits: Limits,
     permits: Arc<Semaphore>,
@@ -42,10 +45,16 @@ pub struct AppServer {
 }
 
 impl AppServer {
-    pub fn new(runtime: Arc<Runtime>, live: LiveApp, limits: Limits) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        tracing: Arc<Tracing>,
+        live: LiveApp,
+        limits: Limits,
+    ) -> Self {
         let permits = Arc::new(Semaphore::new(runtime.config().pool_size as usize));
         AppServer {
             runtime,
+            tracing,
             live: ArcSwap::from_pointee(live),
             limits,
             permits,
@@ -115,6 +124,38 @@ impl AppServer {
             }
         }
 
+        // The server span, child of the caller's trace context; the guest sees
+        // a `traceparent` that names it.
+        let parent = self.tracing.extract(&parts.headers);
+        let route = m.entry.raw.as_str();
+        let method = parts.method.as_str().to_string();
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("http.route", route.to_string()),
+            KeyValue::new("url.path", path.clone()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("client.address", client.ip().to_string()),
+            KeyValue::new("client.port", i64::from(client.port())),
+            KeyValue::new("server.address", host.clone()),
+            KeyValue::new("network.protocol.version", protocol_version(parts.version)),
+            KeyValue::new("gantry.component.id", component.to_string()),
+            KeyValue::new("gantry.component.digest", version.loaded.digest.clone()),
+        ];
+        if let Some(q) = parts.uri.query() {
+            attrs.push(KeyValue::new("url.query", q.to_string()));
+        }
+        if let Some(ua) = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+        }
+        let cx = self
+            .tracing
+            .server_span(&parent, format!("{method} {route}"), attrs);
+        self.tracing.inject(&cx, &mut parts.headers);
+
         let overflow = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
             inner: body,
@@ -144,15 +185,23 @@ impl AppServer {
             timeout,
             self.limits.max_instance_memory,
             permit,
+            TraceHandle {
+                tracing: self.tracing.clone(),
+                cx: cx.clone(),
+            },
         )
         .await;
         if overflow.load(Ordering::Relaxed) {
             tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
+            end_http_span(&cx, 413, true);
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
         }
         match result {
-            Ok(resp) => resp,
-            Err(e) => error_response(&component, &path, e),
+            Ok(resp) => {
+                end_http_span(&cx, resp.status().as_u16(), true);
+                resp
+            }
+            Err(e) => error_response(&component, &path, e, &cx),
         }
     }
 }
@@ -164,7 +213,35 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn error_response(component: &str, path: &str, e: InvokeError) -> Response<WasiBody> {
+fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+fn error_response(
+    component: &str,
+    path: &str,
+    e: InvokeError,
+    cx: &opentelemetry::Context,
+) -> Response<WasiBody> {
+    let (error_type, status) = match &e {
+        InvokeError::Timeout(_) => ("timeout", 504),
+        InvokeError::Exhausted => ("no_free_instance", 503),
+        InvokeError::Trap(_) => ("trap", 500),
+        InvokeError::Instantiate(_) => ("instantiation", 500),
+        InvokeError::Guest(_) => ("guest_error", 500),
+    };
+    {
+        use opentelemetry::trace::TraceContextExt;
+        cx.span()
+            .set_attribute(KeyValue::new("http.response.status_code", status));
+    }
+    end_failed_span(cx, error_type, e.to_string());
     match e {
         InvokeError::Timeout(after) => {
             tracing::warn!(%component, %path, ?after, "request timed out");

@@ -45,7 +45,7 @@ source = "{wasm}/alpha.wasm"
 async fn spin(g: &Gantry, path: &str) -> serde_json::Value {
     let r = get(&g.url(path)).await;
     assert_eq!(r.status, 200, "{path}: {}", r.text());
-    r.json()["spin"].clone()
+    r.json()["headers"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,8 +110,8 @@ async fn most_specific_route_wins_with_spin_headers() {
         vec![],
     )
     .await;
-    assert_eq!(r.json()["spin"]["spin-path-info"], "/real");
-    assert_eq!(r.json()["spin"]["spin-component-route"], "/api");
+    assert_eq!(r.json()["headers"]["spin-path-info"], "/real");
+    assert_eq!(r.json()["headers"]["spin-component-route"], "/api");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -24,8 +24,9 @@ fn json_escape(s: &str) -> String {
 
 impl Guest for Alpha {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        // Echo what the host told us about the request: the method, the path
-        // and the `spin-*` headers, handy for seeing how a route matched.
+        // Echo what the host told us about the request: the method, the path,
+        // the `spin-*` headers (how the route matched) and the trace context
+        // (which span this request runs under).
         let method = match request.method() {
             Method::Get => "GET".to_string(),
             Method::Head => "HEAD".to_string(),
@@ -41,7 +42,7 @@ impl Guest for Alpha {
         let path = request.path_with_query().unwrap_or_default();
         let mut spin = Vec::new();
         for (name, value) in request.headers().entries() {
-            if name.starts_with("spin-") {
+            if name.starts_with("spin-") || name == "traceparent" || name == "tracestate" {
                 spin.push(format!(
                     "\"{}\":\"{}\"",
                     json_escape(&name),
@@ -51,7 +52,7 @@ impl Guest for Alpha {
         }
         spin.sort();
         let body = format!(
-            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"spin\":{{{}}}}}\n",
+            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}}}}\n",
             json_escape(&method),
             json_escape(&path),
             spin.join(",")

@@ -26,6 +26,8 @@ pub struct ComponentCaps {
     pub environment: Vec<(String, String)>,
     /// Per-component request timeout (`tool.gantry.timeout_ms`).
     pub timeout: Option<Duration>,
+    /// Inject trace context into outbound requests.
+    pub propagate_trace_context: bool,
 }
 
 impl ComponentCaps {
@@ -73,6 +75,7 @@ impl ComponentCaps {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             timeout: spec.gantry.timeout_ms.map(Duration::from_millis),
+            propagate_trace_context: spec.gantry.propagate_trace_context.unwrap_or(true),
         })
     }
 }

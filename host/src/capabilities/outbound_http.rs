@@ -10,7 +10,10 @@
 use std::sync::Arc;
 
 use http::uri::Scheme;
+use opentelemetry::KeyValue;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SchemePat {
@@ -192,11 +195,15 @@ impl OutboundPolicy {
     }
 }
 
-/// The `wasi:http` hooks of one request's store: the allow-list check, then
-/// the default client.
+/// The `wasi:http` hooks of one request's store: a client span, the
+/// allow-list check, trace-context injection, then the default client.
 pub struct OutboundHooks {
     pub component: Arc<str>,
     pub policy: Arc<OutboundPolicy>,
+    pub tracing: Arc<Tracing>,
+    /// The request's server span: parent of every client span.
+    pub parent: opentelemetry::Context,
+    pub propagate: bool,
 }
 
 type SendFuture = Box<
@@ -223,21 +230,55 @@ impl WasiHttpHooks for OutboundHooks {
         fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> SendFuture {
         drop(fut);
-        if !self.policy.allows_uri(request.uri()) {
+        let mut request = request;
+        let uri = request.uri().clone();
+        let method = request.method().as_str().to_string();
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.clone()),
+            KeyValue::new("url.full", uri.to_string()),
+            KeyValue::new("gantry.component.id", self.component.to_string()),
+        ];
+        if let Some(host) = uri.host() {
+            attrs.push(KeyValue::new("server.address", host.to_string()));
+        }
+        if let Some(port) = uri
+            .port_u16()
+            .or_else(|| uri.scheme_str().and_then(default_port))
+        {
+            attrs.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        let cx = self.tracing.client_span(&self.parent, method, attrs);
+        if !self.policy.allows_uri(&uri) {
             tracing::warn!(
                 component = %self.component,
-                uri = %request.uri(),
+                %uri,
                 "outbound request denied: not in allowed_outbound_hosts"
+            );
+            end_failed_span(
+                &cx,
+                "HTTP-request-denied",
+                "not in allowed_outbound_hosts".into(),
             );
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        if self.propagate {
+            self.tracing.inject(&cx, request.headers_mut());
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                res.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
+            match wasmtime_wasi_http::default_send_request(request, options).await {
+                Ok((res, io)) => {
+                    end_http_span(&cx, res.status().as_u16(), false);
+                    Ok((
+                        res.map(BodyExt::boxed_unsync),
+                        Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    ))
+                }
+                Err(e) => {
+                    end_failed_span(&cx, "connection", format!("{e:?}"));
+                    Err(e)
+                }
+            }
         })
     }
 }

@@ -21,3 +21,5 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+pub mod trace;
