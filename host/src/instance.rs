@@ -111,17 +111,31 @@ pub enum InvokeError {
     Guest(String),
 }
 
+/// Everything one call needs besides the request itself.
+pub struct Call {
+    pub loaded: Arc<LoadedComponent>,
+    pub caps: Arc<ComponentCaps>,
+    pub timeout: Duration,
+    pub max_memory: u64,
+    /// The instance slot this call occupies until its store is dropped.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    pub trace: TraceHandle,
+}
+
 /// Calls the component's handler for one request.
 pub async fn invoke(
     engine: &Engine,
-    loaded: Arc<LoadedComponent>,
-    caps: Arc<ComponentCaps>,
+    call: Call,
     request: http::Request<WasiBody>,
-    timeout: Duration,
-    max_memory: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    trace: TraceHandle,
 ) -> Result<http::Response<WasiBody>, InvokeError> {
+    let Call {
+        loaded,
+        caps,
+        timeout,
+        max_memory,
+        permit,
+        trace,
+    } = call;
     let deadline = Instant::now() + timeout;
     let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace));
     store.limiter(|s| &mut s.limits);

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::instance::{self, InvokeError, TraceHandle};
+use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
@@ -177,20 +177,18 @@ impl AppServer {
             return r;
         };
         let timeout = version.caps.timeout.unwrap_or(self.limits.request_timeout);
-        let result = instance::invoke(
-            self.runtime.engine(),
-            version.loaded.clone(),
-            version.caps.clone(),
-            request,
+        let call = Call {
+            loaded: version.loaded.clone(),
+            caps: version.caps.clone(),
             timeout,
-            self.limits.max_instance_memory,
+            max_memory: self.limits.max_instance_memory,
             permit,
-            TraceHandle {
+            trace: TraceHandle {
                 tracing: self.tracing.clone(),
                 cx: cx.clone(),
             },
-        )
-        .await;
+        };
+        let result = instance::invoke(self.runtime.engine(), call, request).await;
         if overflow.load(Ordering::Relaxed) {
             tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
             end_http_span(&cx, 413, true);
