@@ -42,13 +42,14 @@ impl Receiver {
                                     .await
                                     .map(|b| b.to_bytes())
                                     .unwrap_or_default();
-                                if path == "/v1/traces" {
-                                    if let Ok(msg) = ExportTraceServiceRequest::decode(body) {
-                                        let mut s = store.lock().unwrap();
-                                        for rs in msg.resource_spans {
-                                            for ss in rs.scope_spans {
-                                                s.extend(ss.spans);
-                                            }
+                                let decoded = (path == "/v1/traces")
+                                    .then(|| ExportTraceServiceRequest::decode(body).ok())
+                                    .flatten();
+                                if let Some(msg) = decoded {
+                                    let mut s = store.lock().unwrap();
+                                    for rs in msg.resource_spans {
+                                        for ss in rs.scope_spans {
+                                            s.extend(ss.spans);
                                         }
                                     }
                                 }
