@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Gantry: the pinned Rust toolchain with the
-# wasm32-wasip2 target, then a release build of the host and the example
-# functions. Safe to run again; it only installs what is missing.
+# wasm32-wasip2 target, the test peers (Prometheus), then a release build of
+# the host and the example functions. Safe to run again; it only installs
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,13 @@ fi
 # An existing toolchain may lack the target or components.
 rustup target add --toolchain "$toolchain" wasm32-wasip2
 rustup component add --toolchain "$toolchain" rustfmt clippy
+
+# Real peers the tests talk to: Prometheus (server and promtool).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi
 
 cargo build --release --locked -p gantry
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry

@@ -1,5 +1,6 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (every
-//! component is loaded and the host is not draining). Kept apart from the
+//! component is loaded and the host is not draining), `/metrics` (Prometheus
+//! text, or OpenMetrics when the scraper asks for it). Kept apart from the
 //! application listener so probes and scrapes never queue behind guests.
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::server::{full, plain};
+use crate::telemetry::metrics::Metrics;
 
 /// What the admin endpoints report on.
 #[derive(Default)]
@@ -24,6 +26,7 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Shutting down: stop sending traffic here.
     pub draining: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AdminState {
@@ -39,9 +42,29 @@ impl AdminState {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "loading\n")
                 }
             }
+            "/metrics" => {
+                let openmetrics = req
+                    .headers()
+                    .get_all(http::header::ACCEPT)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .any(|v| v.contains("application/openmetrics-text"));
+                let body = self.metrics.render(openmetrics);
+                let mut r = Response::new(full(Bytes::from(body)));
+                let ct = if openmetrics {
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                } else {
+                    "text/plain; version=0.0.4; charset=utf-8"
+                };
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(ct),
+                );
+                r
+            }
             "/" => {
                 let mut r = Response::new(full(Bytes::from_static(
-                    b"gantry admin: /healthz /readyz\n",
+                    b"gantry admin: /healthz /readyz /metrics\n",
                 )));
                 *r.status_mut() = StatusCode::OK;
                 r

@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 use crate::telemetry::{self, LogFormat};
 
@@ -284,9 +285,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
-    let dropped_spans = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let tracer = Arc::new(Tracing::init(dropped_spans.clone())?);
-    let admin_state = Arc::new(AdminState::default());
+    let metrics = Arc::new(Metrics::new());
+    let tracer = Arc::new(Tracing::init(metrics.dropped_spans.clone())?);
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        ..AdminState::default()
+    });
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
@@ -325,6 +329,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let server = Arc::new(AppServer::new(
         runtime,
         tracer.clone(),
+        metrics,
         live,
         Limits {
             request_timeout: args.request_timeout,

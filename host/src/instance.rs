@@ -14,9 +14,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use http_body::{Body, Frame, SizeHint};
 use wasmtime::component::ResourceTable;
-use wasmtime::{
-    AsContextMut, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
-};
+use wasmtime::{AsContextMut, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::Prepared;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -25,6 +23,7 @@ use crate::capabilities::ComponentCaps;
 use crate::capabilities::outbound_http::OutboundHooks;
 use crate::capabilities::variables::ComponentVariables;
 use crate::runtime::LoadedComponent;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 
 /// Everything a guest's host calls can reach, for one request.
@@ -33,7 +32,7 @@ pub struct HostState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundHooks,
-    limits: StoreLimits,
+    limits: MemoryLimiter,
     pub(crate) variables: ComponentVariables,
 }
 
@@ -79,21 +78,55 @@ impl HostState {
                 component: caps.id.clone(),
                 policy: caps.outbound.clone(),
                 tracing: trace.tracing,
+                metrics: trace.metrics,
                 parent: trace.cx,
                 propagate: caps.propagate_trace_context,
             },
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
-                .build(),
+            limits: MemoryLimiter {
+                max: usize::try_from(max_memory).unwrap_or(usize::MAX),
+                peak: 0,
+            },
             variables: caps.variables.clone(),
         }
     }
 }
 
-/// The request's trace: the tracer and the server span's context.
+/// The request's telemetry: tracer, metrics and the server span's context.
 pub struct TraceHandle {
     pub tracing: Arc<Tracing>,
+    pub metrics: Arc<Metrics>,
     pub cx: opentelemetry::Context,
+}
+
+/// Caps linear memory and remembers the largest size an instance asked for.
+struct MemoryLimiter {
+    max: usize,
+    peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            return Ok(false);
+        }
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far beyond any sane guest.
+        Ok(desired <= 1 << 20)
+    }
 }
 
 /// How a request failed inside the guest; the server maps each to a status.
@@ -137,8 +170,9 @@ pub async fn invoke(
         trace,
     } = call;
     let deadline = Instant::now() + timeout;
+    let metrics = trace.metrics.clone();
     let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace));
-    store.limiter(|s| &mut s.limits);
+    store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
     // Every tick, a guest that is running yields to the executor (so one busy
     // guest cannot starve others on its thread) and past its deadline traps.
     store.set_epoch_deadline(1);
@@ -156,10 +190,15 @@ pub async fn invoke(
 
     let task = tokio::spawn(async move {
         let _permit = permit;
+        let started = Instant::now();
         let proxy = match loaded.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
-            Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
+            Err(e) => return Err(classify_instantiation(e)),
         };
+        metrics
+            .instantiation
+            .with(&[&loaded.id])
+            .observe(started.elapsed().as_secs_f64(), None);
         let prepared = match Prepared::new(store.as_context_mut(), &proxy, request, http_view, tx) {
             Ok(p) => p,
             Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
@@ -172,6 +211,11 @@ pub async fn invoke(
                 wasmtime::Result::Ok(())
             })
             .await;
+        let peak = store.data().limits.peak;
+        metrics
+            .guest_memory_peak
+            .with(&[&loaded.id])
+            .max(i64::try_from(peak).unwrap_or(i64::MAX));
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) | Err(e) => Err(classify(e, timeout)),
@@ -213,6 +257,16 @@ pub async fn invoke(
     }
 }
 
+fn classify_instantiation(e: wasmtime::Error) -> InvokeError {
+    let text = format!("{e:#}");
+    // The pooling allocator refuses with "maximum concurrent ... limit".
+    if text.contains("concurrent") || text.contains("pooling") {
+        InvokeError::Exhausted
+    } else {
+        InvokeError::Instantiate(text)
+    }
+}
+
 fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
     if let Some(trap) = e.downcast_ref::<Trap>() {
         if *trap == Trap::Interrupt {
@@ -229,9 +283,6 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
             .is_some()
     {
         return InvokeError::Guest(text);
-    }
-    if text.contains("pooling") || text.contains("maximum concurrent") {
-        return InvokeError::Exhausted;
     }
     InvokeError::Trap(text)
 }

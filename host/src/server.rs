@@ -23,8 +23,10 @@ use wasmtime_wasi_http::WasiBody;
 use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::spin_headers;
 use crate::runtime::{LiveApp, Runtime};
+use crate::telemetry::metrics::{Gauge, Metrics};
 use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
 use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ pub struct Limits {
 pub struct AppServer {
     pub runtime: Arc<Runtime>,
     pub tracing: Arc<Tracing>,
+    pub metrics: Arc<Metrics>,
     pub live: ArcSwap<LiveApp>,
     pub limits: Limits,
     permits: Arc<Semaphore>,
@@ -48,13 +51,16 @@ impl AppServer {
     pub fn new(
         runtime: Arc<Runtime>,
         tracing: Arc<Tracing>,
+        metrics: Arc<Metrics>,
         live: LiveApp,
         limits: Limits,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(runtime.config().pool_size as usize));
+        record_component_info(&metrics, &live);
         AppServer {
             runtime,
             tracing,
+            metrics,
             live: ArcSwap::from_pointee(live),
             limits,
             permits,
@@ -79,6 +85,40 @@ impl AppServer {
         let slot = live.slots[m.entry.component_index].clone();
         let version = slot.current.load_full();
         let component = slot.id.clone();
+        let started = std::time::Instant::now();
+        let active = self.metrics.active_requests.with(&[&component]);
+        active.add(1);
+        let _active = ActiveGuard(active);
+        let route = m.entry.raw.clone();
+        let method = req.method().as_str().to_string();
+        let response = self
+            .handle_routed(req, &m, &version, &component, client, local)
+            .await;
+        let status = response.status();
+        self.metrics
+            .request_duration
+            .with(&[&component, &route, &method, status.as_str()])
+            .observe(
+                started.elapsed().as_secs_f64(),
+                response
+                    .extensions()
+                    .get::<SampledTrace>()
+                    .map(|t| t.0.as_str()),
+            );
+        response
+    }
+
+    async fn handle_routed(
+        &self,
+        req: Request<Incoming>,
+        m: &crate::router::RouteMatch<'_>,
+        version: &crate::runtime::Version,
+        component: &Arc<str>,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<WasiBody> {
+        let path = req.uri().path().to_string();
+        let component = component.clone();
 
         if let Some(len) = content_length(&req)
             && len > self.limits.max_request_body
@@ -115,7 +155,7 @@ impl AppServer {
         for k in forged {
             parts.headers.remove(k);
         }
-        for (name, value) in spin_headers(&m, &full_url, &client.to_string()) {
+        for (name, value) in spin_headers(m, &full_url, &client.to_string()) {
             if let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(&value),
@@ -185,6 +225,7 @@ impl AppServer {
             permit,
             trace: TraceHandle {
                 tracing: self.tracing.clone(),
+                metrics: self.metrics.clone(),
                 cx: cx.clone(),
             },
         };
@@ -194,13 +235,71 @@ impl AppServer {
             end_http_span(&cx, 413, true);
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
         }
-        match result {
+        let mut resp = match result {
             Ok(resp) => {
                 end_http_span(&cx, resp.status().as_u16(), true);
                 resp
             }
-            Err(e) => error_response(&component, &path, e, &cx),
+            Err(e) => self.error_response(&component, &path, e, &cx),
+        };
+        let sc = cx.span().span_context().clone();
+        if sc.is_sampled() {
+            resp.extensions_mut()
+                .insert(SampledTrace(sc.trace_id().to_string()));
         }
+        resp
+    }
+
+    fn error_response(
+        &self,
+        component: &str,
+        path: &str,
+        e: InvokeError,
+        cx: &opentelemetry::Context,
+    ) -> Response<WasiBody> {
+        let reason = match &e {
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::Exhausted => "no_free_instance",
+            InvokeError::Trap(_) => "trap",
+            InvokeError::Instantiate(_) => "instantiation",
+            InvokeError::Guest(_) => "guest_error",
+        };
+        self.metrics.guest_failures.with(&[component, reason]).inc();
+        error_response(component, path, e, cx)
+    }
+}
+
+/// The trace id of a sampled request, for the duration histogram's exemplar.
+#[derive(Clone)]
+struct SampledTrace(String);
+
+struct ActiveGuard(Arc<Gauge>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
+/// Publishes `gantry_component_info` and the load time of every component.
+pub fn record_component_info(metrics: &Metrics, live: &LiveApp) {
+    for slot in &live.slots {
+        let v = slot.current.load();
+        let world = match v.loaded.world {
+            crate::runtime::HttpWorld::P2 => "0.2",
+            crate::runtime::HttpWorld::P3 => "0.3",
+        };
+        metrics.component_info.remove_first_label(&slot.id);
+        metrics
+            .component_info
+            .with(&[&slot.id, &v.loaded.digest, world])
+            .set(1);
+        let loaded = v
+            .loaded
+            .loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        metrics.component_loaded.with(&[&slot.id]).set(loaded);
     }
 }
 

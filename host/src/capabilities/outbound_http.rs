@@ -13,6 +13,7 @@ use http::uri::Scheme;
 use opentelemetry::KeyValue;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +202,7 @@ pub struct OutboundHooks {
     pub component: Arc<str>,
     pub policy: Arc<OutboundPolicy>,
     pub tracing: Arc<Tracing>,
+    pub metrics: Arc<Metrics>,
     /// The request's server span: parent of every client span.
     pub parent: opentelemetry::Context,
     pub propagate: bool,
@@ -248,7 +250,12 @@ impl WasiHttpHooks for OutboundHooks {
             attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
         let cx = self.tracing.client_span(&self.parent, method, attrs);
+        let host = uri.host().unwrap_or("").to_string();
         if !self.policy.allows_uri(&uri) {
+            self.metrics
+                .outbound_denied
+                .with(&[&self.component, &host])
+                .inc();
             tracing::warn!(
                 component = %self.component,
                 %uri,
@@ -264,9 +271,21 @@ impl WasiHttpHooks for OutboundHooks {
         if self.propagate {
             self.tracing.inject(&cx, request.headers_mut());
         }
+        let metrics = self.metrics.clone();
+        let component = self.component.clone();
+        let started = std::time::Instant::now();
         Box::new(async move {
             use http_body_util::BodyExt;
-            match wasmtime_wasi_http::default_send_request(request, options).await {
+            let result = wasmtime_wasi_http::default_send_request(request, options).await;
+            let status = match &result {
+                Ok((res, _)) => res.status().as_str().to_string(),
+                Err(_) => "error".to_string(),
+            };
+            metrics
+                .outbound_duration
+                .with(&[&component, &host, &status])
+                .observe(started.elapsed().as_secs_f64(), None);
+            match result {
                 Ok((res, io)) => {
                     end_http_span(&cx, res.status().as_u16(), false);
                     Ok((

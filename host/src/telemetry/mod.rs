@@ -22,4 +22,5 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+pub mod metrics;
 pub mod trace;
