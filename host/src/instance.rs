@@ -20,6 +20,7 @@ use wasmtime_wasi_http::handler::Prepared;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::ComponentCaps;
+use crate::capabilities::otel::{GuestTelemetry, OtelView};
 use crate::capabilities::outbound_http::OutboundHooks;
 use crate::capabilities::variables::ComponentVariables;
 use crate::runtime::LoadedComponent;
@@ -60,6 +61,12 @@ fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
 }
 
 impl HostState {
+    pub(crate) fn otel(&mut self) -> OtelView<'_> {
+        OtelView(&mut self.hooks.guest)
+    }
+}
+
+impl HostState {
     fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle) -> Self {
         let mut wasi = WasiCtxBuilder::new();
         // Granted, never ambient: no sockets, no name lookups, no files, and
@@ -77,10 +84,14 @@ impl HostState {
             hooks: OutboundHooks {
                 component: caps.id.clone(),
                 policy: caps.outbound.clone(),
-                tracing: trace.tracing,
-                metrics: trace.metrics,
-                parent: trace.cx,
                 propagate: caps.propagate_trace_context,
+                guest: GuestTelemetry {
+                    component: caps.id.clone(),
+                    tracing: trace.tracing,
+                    metrics: trace.metrics,
+                    server: trace.cx,
+                    open: Vec::new(),
+                },
             },
             limits: MemoryLimiter {
                 max: usize::try_from(max_memory).unwrap_or(usize::MAX),

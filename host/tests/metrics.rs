@@ -48,6 +48,9 @@ async fn promtool_accepts_both_formats_and_exemplars_carry_trace_ids() {
         "gantry_guest_memory_peak_bytes{component=\"alpha\"}",
         "gantry_component_info{component=\"alpha\",digest=\"sha256:",
         "gantry_telemetry_dropped_total{signal=\"traces\"} 0",
+        // alpha's own metric, recorded through wasi:otel/metrics.
+        "# TYPE alpha_requests_total counter",
+        "alpha_requests_total{component=\"alpha\",method=\"GET\"} 3",
     ] {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }

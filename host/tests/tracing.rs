@@ -225,6 +225,41 @@ async fn the_guest_sees_a_traceparent_naming_the_server_span() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn guest_spans_nest_under_the_server_span() {
+    wasm("beta");
+    let rx = Receiver::start().await;
+    let env = otel_env(&rx);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
+    let traceparent = format!("00-{TRACE}-{CALLER}-01");
+    let r = send(
+        "GET",
+        &g.url("/beta?delay_ms=90"),
+        &[("traceparent", &traceparent)],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let server = rx
+        .wait_for("server", |s| {
+            s.name == "GET /beta" && hex(&s.trace_id) == TRACE
+        })
+        .await;
+    for step in 1..=3 {
+        let name = format!("slow-step-{step}");
+        let span = rx
+            .wait_for(&name, |s| s.name == name && hex(&s.trace_id) == TRACE)
+            .await;
+        assert_eq!(span.parent_span_id, server.span_id, "{name}");
+        assert_eq!(attr(&span, "delay_ms").as_deref(), Some("30"));
+        let took = span.end_time_unix_nano - span.start_time_unix_nano;
+        assert!(took >= 30_000_000, "{name} took {took} ns");
+        assert!(span.start_time_unix_nano >= server.start_time_unix_nano);
+        assert!(span.end_time_unix_nano <= server.end_time_unix_nano);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn propagation_can_be_turned_off_per_component() {
     wasm("hello");
     let upstream = Upstream::start().await;

@@ -51,6 +51,8 @@ impl Guest for Alpha {
             }
         }
         spin.sort();
+        // A custom metric, exposed by the host as `alpha_requests_total`.
+        gantry_telemetry::metrics::counter_add("alpha_requests", 1, &[("method", &method)]);
         let body = format!(
             "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}}}}\n",
             json_escape(&method),

@@ -58,10 +58,13 @@ async fn handle(req: Request) -> (StatusCode, HeaderMap, String) {
             );
         }
     };
-    // Three steps, so that per-step spans show where the time goes.
+    // Three steps, each its own span, so a trace shows where the time goes.
     let step = delay / 3;
-    for ms in [step, step, delay - 2 * step] {
+    for (i, ms) in [step, step, delay - 2 * step].into_iter().enumerate() {
+        let mut span = gantry_telemetry::Span::start(&format!("slow-step-{}", i + 1));
+        span.set_attribute("delay_ms", ms);
         spin_sdk::time::sleep(Duration::from_millis(ms)).await;
+        span.end();
     }
     (
         StatusCode::OK,

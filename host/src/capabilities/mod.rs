@@ -3,8 +3,21 @@
 //! state and its linker registration. Nothing is ambient: a component gets
 //! only what its manifest entry grants.
 
+pub mod otel;
 pub mod outbound_http;
 pub mod variables;
+
+/// Host bindings for every interface of `wit/` that Gantry implements.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "gantry:host/guest-imports",
+        imports: { default: trappable },
+        with: {
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
+    });
+}
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -89,5 +102,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     variables::add_to_linker(linker, |s: &mut HostState| {
         variables::ConfigView(&s.variables)
     })?;
+    otel::add_to_linker(linker, HostState::otel)?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use http::uri::Scheme;
 use opentelemetry::KeyValue;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
+use crate::capabilities::otel::GuestTelemetry;
+use crate::telemetry::trace::{end_failed_span, end_http_span};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SchemePat {
@@ -201,11 +201,10 @@ impl OutboundPolicy {
 pub struct OutboundHooks {
     pub component: Arc<str>,
     pub policy: Arc<OutboundPolicy>,
-    pub tracing: Arc<Tracing>,
-    pub metrics: Arc<Metrics>,
-    /// The request's server span: parent of every client span.
-    pub parent: opentelemetry::Context,
     pub propagate: bool,
+    /// The request's telemetry: server span, open guest spans, metrics. Kept
+    /// here because a client span's parent is the innermost open guest span.
+    pub guest: GuestTelemetry,
 }
 
 type SendFuture = Box<
@@ -249,10 +248,14 @@ impl WasiHttpHooks for OutboundHooks {
         {
             attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
-        let cx = self.tracing.client_span(&self.parent, method, attrs);
+        let cx = self
+            .guest
+            .tracing
+            .client_span(&self.guest.current(), method, attrs);
         let host = uri.host().unwrap_or("").to_string();
         if !self.policy.allows_uri(&uri) {
-            self.metrics
+            self.guest
+                .metrics
                 .outbound_denied
                 .with(&[&self.component, &host])
                 .inc();
@@ -269,9 +272,9 @@ impl WasiHttpHooks for OutboundHooks {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         if self.propagate {
-            self.tracing.inject(&cx, request.headers_mut());
+            self.guest.tracing.inject(&cx, request.headers_mut());
         }
-        let metrics = self.metrics.clone();
+        let metrics = self.guest.metrics.clone();
         let component = self.component.clone();
         let started = std::time::Instant::now();
         Box::new(async move {

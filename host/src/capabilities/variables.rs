@@ -137,14 +137,7 @@ impl ComponentVariables {
     }
 }
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "gantry:host/guest-imports",
-        imports: { default: trappable },
-    });
-}
-
+use super::bindings;
 use bindings::fermyon::spin::variables as spin_v2;
 use bindings::spin::variables::variables as spin_v3;
 use bindings::wasi::config::store;

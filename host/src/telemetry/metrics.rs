@@ -209,6 +209,67 @@ pub struct Metrics {
     pub telemetry_dropped: Family<Counter>,
     /// Spans dropped by the trace exporter (kept by the exporter, read here).
     pub dropped_spans: Arc<AtomicU64>,
+    /// Metrics guests record through `wasi:otel/metrics`, by sanitized name.
+    guest: RwLock<HashMap<String, GuestFamily>>,
+}
+
+/// A metric a guest defined: its kind fixes on first use.
+struct GuestFamily {
+    help: String,
+    kind: GuestKind,
+}
+
+enum GuestKind {
+    Counter(HashMap<String, (Vec<(String, String)>, f64)>),
+    Gauge(HashMap<String, (Vec<(String, String)>, f64)>),
+    Histogram(HashMap<String, (Vec<(String, String)>, GuestHistogram)>),
+}
+
+struct GuestHistogram {
+    bounds: Vec<f64>,
+    counts: Vec<u64>,
+    sum: f64,
+    exemplar: Option<Exemplar>,
+}
+
+/// Most distinct guest metric names, and series per name, kept; beyond
+/// them new ones are dropped (and counted) so a guest cannot exhaust memory.
+const MAX_GUEST_METRICS: usize = 256;
+const MAX_GUEST_SERIES: usize = 1024;
+
+/// A Prometheus-safe metric or label name.
+fn sanitize(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn series_key(component: &str, attrs: &[(String, String)]) -> (String, Vec<(String, String)>) {
+    let mut labels = vec![("component".to_string(), component.to_string())];
+    let mut rest: Vec<(String, String)> = attrs
+        .iter()
+        .map(|(k, v)| (sanitize(k), v.clone()))
+        .filter(|(k, _)| k != "component")
+        .collect();
+    rest.sort();
+    labels.extend(rest);
+    let key = labels
+        .iter()
+        .map(|(k, v)| format!("{k}\u{1e}{v}"))
+        .collect::<Vec<_>>()
+        .join("\u{1f}");
+    (key, labels)
 }
 
 const ROUTE_LABELS: &[&str] = &[
@@ -241,7 +302,159 @@ impl Metrics {
             component_loaded: Family::new(&["component"], Gauge::default),
             telemetry_dropped: Family::new(&["signal"], Counter::default),
             dropped_spans: Arc::new(AtomicU64::new(0)),
+            guest: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Runs `f` on the guest family `name`, creating it with `make` if new.
+    /// Returns false (and counts a drop) when limits or a kind clash refuse it.
+    fn with_guest(
+        &self,
+        name: &str,
+        help: &str,
+        make: impl FnOnce() -> GuestKind,
+        f: impl FnOnce(&mut GuestKind) -> bool,
+    ) {
+        let name = sanitize(name);
+        let Ok(mut map) = self.guest.write() else {
+            return;
+        };
+        if !map.contains_key(&name) {
+            if map.len() >= MAX_GUEST_METRICS {
+                self.telemetry_dropped.with(&["guest_metrics"]).inc();
+                return;
+            }
+            map.insert(
+                name.clone(),
+                GuestFamily {
+                    help: if help.is_empty() {
+                        "Recorded by a guest.".into()
+                    } else {
+                        help.replace('\n', " ")
+                    },
+                    kind: make(),
+                },
+            );
+        }
+        let ok = map.get_mut(&name).is_some_and(|fam| f(&mut fam.kind));
+        if !ok {
+            self.telemetry_dropped.with(&["guest_metrics"]).inc();
+        }
+    }
+
+    /// A guest's counter increment (a delta sum).
+    pub fn guest_counter_add(
+        &self,
+        component: &str,
+        name: &str,
+        help: &str,
+        attrs: &[(String, String)],
+        value: f64,
+    ) {
+        let (key, labels) = series_key(component, attrs);
+        self.with_guest(
+            name,
+            help,
+            || GuestKind::Counter(HashMap::new()),
+            |k| match k {
+                GuestKind::Counter(series) if value >= 0.0 => {
+                    if series.len() >= MAX_GUEST_SERIES && !series.contains_key(&key) {
+                        return false;
+                    }
+                    series.entry(key).or_insert((labels, 0.0)).1 += value;
+                    true
+                }
+                _ => false,
+            },
+        );
+    }
+
+    /// A guest's gauge reading.
+    pub fn guest_gauge_set(
+        &self,
+        component: &str,
+        name: &str,
+        help: &str,
+        attrs: &[(String, String)],
+        value: f64,
+    ) {
+        let (key, labels) = series_key(component, attrs);
+        self.with_guest(
+            name,
+            help,
+            || GuestKind::Gauge(HashMap::new()),
+            |k| match k {
+                GuestKind::Gauge(series) => {
+                    if series.len() >= MAX_GUEST_SERIES && !series.contains_key(&key) {
+                        return false;
+                    }
+                    series.insert(key, (labels, value));
+                    true
+                }
+                _ => false,
+            },
+        );
+    }
+
+    /// Adds a guest's histogram data point (explicit buckets) to the series;
+    /// the first point fixes the bounds, later ones must match them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn guest_histogram_merge(
+        &self,
+        component: &str,
+        name: &str,
+        help: &str,
+        attrs: &[(String, String)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+        trace_id: Option<&str>,
+    ) {
+        if counts.len() != bounds.len() + 1 {
+            self.telemetry_dropped.with(&["guest_metrics"]).inc();
+            return;
+        }
+        let (key, labels) = series_key(component, attrs);
+        self.with_guest(
+            name,
+            help,
+            || GuestKind::Histogram(HashMap::new()),
+            |k| match k {
+                GuestKind::Histogram(series) => {
+                    if series.len() >= MAX_GUEST_SERIES && !series.contains_key(&key) {
+                        return false;
+                    }
+                    let h = series.entry(key).or_insert_with(|| {
+                        (
+                            labels,
+                            GuestHistogram {
+                                bounds: bounds.to_vec(),
+                                counts: vec![0; counts.len()],
+                                sum: 0.0,
+                                exemplar: None,
+                            },
+                        )
+                    });
+                    if h.1.bounds != bounds {
+                        return false;
+                    }
+                    for (c, n) in h.1.counts.iter_mut().zip(counts) {
+                        *c += n;
+                    }
+                    h.1.sum += sum;
+                    let n: u64 = counts.iter().sum();
+                    if let Some(t) = trace_id.filter(|_| n > 0) {
+                        h.1.exemplar = Some(Exemplar {
+                            trace_id: t.to_string(),
+                            value: sum / n as f64,
+                            timestamp: now_seconds(),
+                        });
+                    }
+                    true
+                }
+                _ => false,
+            },
+        );
     }
 
     /// Renders every family; `openmetrics` selects OpenMetrics 1.0 (with
@@ -297,6 +510,7 @@ impl Metrics {
             "When each component's current version was loaded.",
             &self.component_loaded,
         );
+        self.render_guest(w);
         self.telemetry_dropped.with(&["traces"]).0.store(
             self.dropped_spans.load(Ordering::Relaxed),
             Ordering::Relaxed,
@@ -310,6 +524,100 @@ impl Metrics {
             out.push_str("# EOF\n");
         }
         out
+    }
+}
+
+impl Metrics {
+    fn render_guest(&self, w: &mut Writer<'_>) {
+        let Ok(map) = self.guest.read() else {
+            return;
+        };
+        let mut names: Vec<&String> = map.keys().collect();
+        names.sort();
+        for name in names {
+            let fam = &map[name];
+            let fmt_labels = |labels: &[(String, String)], extra: Option<(&str, &str)>| {
+                let mut parts: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
+                if let Some((k, v)) = extra {
+                    parts.push(format!("{k}=\"{v}\""));
+                }
+                format!("{{{}}}", parts.join(","))
+            };
+            match &fam.kind {
+                GuestKind::Counter(series) => {
+                    let base = name.strip_suffix("_total").unwrap_or(name);
+                    let family = if w.openmetrics {
+                        base.to_string()
+                    } else {
+                        format!("{base}_total")
+                    };
+                    w.header(&family, "counter", &fam.help);
+                    let mut rows: Vec<_> = series.values().collect();
+                    rows.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (labels, v) in rows {
+                        let _ = writeln!(
+                            w.out,
+                            "{base}_total{} {}",
+                            fmt_labels(labels, None),
+                            fmt_f64(*v)
+                        );
+                    }
+                }
+                GuestKind::Gauge(series) => {
+                    w.header(name, "gauge", &fam.help);
+                    let mut rows: Vec<_> = series.values().collect();
+                    rows.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (labels, v) in rows {
+                        let _ =
+                            writeln!(w.out, "{name}{} {}", fmt_labels(labels, None), fmt_f64(*v));
+                    }
+                }
+                GuestKind::Histogram(series) => {
+                    w.header(name, "histogram", &fam.help);
+                    let mut rows: Vec<_> = series.values().collect();
+                    rows.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (labels, h) in rows {
+                        let mut cumulative = 0;
+                        let total: u64 = h.counts.iter().sum();
+                        for (i, bound) in h
+                            .bounds
+                            .iter()
+                            .copied()
+                            .chain(std::iter::once(f64::INFINITY))
+                            .enumerate()
+                        {
+                            cumulative += h.counts[i];
+                            let le = fmt_f64(bound);
+                            let _ = write!(
+                                w.out,
+                                "{name}_bucket{} {cumulative}",
+                                fmt_labels(labels, Some(("le", &le)))
+                            );
+                            if w.openmetrics
+                                && cumulative == total
+                                && i == h.bounds.len()
+                                && let Some(ex) = &h.exemplar
+                            {
+                                let _ = write!(
+                                    w.out,
+                                    " # {{trace_id=\"{}\"}} {} {:.3}",
+                                    ex.trace_id,
+                                    fmt_f64(ex.value),
+                                    ex.timestamp
+                                );
+                            }
+                            w.out.push('\n');
+                        }
+                        let l = fmt_labels(labels, None);
+                        let _ = writeln!(w.out, "{name}_sum{l} {}", fmt_f64(h.sum));
+                        let _ = writeln!(w.out, "{name}_count{l} {total}");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -55,7 +55,9 @@ pub fn resource() -> opentelemetry_sdk::Resource {
 
 impl Tracing {
     pub fn init(dropped: Arc<AtomicU64>) -> anyhow::Result<Tracing> {
-        let mut builder = SdkTracerProvider::builder().with_resource(resource());
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(resource())
+            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
         let exporting = otlp_configured("TRACES");
         if exporting {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -81,7 +83,9 @@ impl Tracing {
 
     /// Tracing that exports nothing (for `gantry check` and tests).
     pub fn disabled() -> Tracing {
-        let provider = SdkTracerProvider::builder().build();
+        let provider = SdkTracerProvider::builder()
+            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default())
+            .build();
         let tracer = provider.tracer("gantry");
         Tracing {
             provider,

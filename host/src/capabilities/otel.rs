@@ -1,0 +1,301 @@
+//! Guest telemetry: the WASI OpenTelemetry interfaces (`wasi:otel`, the
+//! version spin-sdk 7 ships), so a guest can open spans under the request's
+//! server span, add attributes and events, record metrics and emit logs, all
+//! through the host's own pipeline (OTLP, Prometheus, host logs).
+//!
+//! Spans keep the ids the guest gave them, so a guest's spans and the host's
+//! spans form one tree; while a guest span is open, the client spans of the
+//! guest's outbound calls are its children.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{
+    Event, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use wasmtime::component::Linker;
+use wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime;
+
+use super::bindings::wasi::otel::{logs, metrics as wm, tracing as wt, types};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracing;
+
+thread_local! {
+    /// The span id the next span built on this thread must have.
+    static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
+}
+
+/// Span ids: the guest's own when a guest span is being recorded, random
+/// otherwise.
+#[derive(Debug, Default)]
+pub struct GuestAwareIds(opentelemetry_sdk::trace::RandomIdGenerator);
+
+impl opentelemetry_sdk::trace::IdGenerator for GuestAwareIds {
+    fn new_trace_id(&self) -> TraceId {
+        self.0.new_trace_id()
+    }
+    fn new_span_id(&self) -> SpanId {
+        NEXT_SPAN_ID
+            .with(|c| c.take())
+            .unwrap_or_else(|| self.0.new_span_id())
+    }
+}
+
+/// Per-request telemetry state of one guest.
+pub struct GuestTelemetry {
+    pub component: Arc<str>,
+    pub tracing: Arc<Tracing>,
+    pub metrics: Arc<Metrics>,
+    /// The request's server span.
+    pub server: Context,
+    /// Guest spans started and not yet ended, innermost last.
+    pub open: Vec<SpanContext>,
+}
+
+impl GuestTelemetry {
+    /// The context outbound calls should be children of.
+    pub fn current(&self) -> Context {
+        match self.open.last() {
+            Some(sc) => self.server.with_remote_span_context(sc.clone()),
+            None => self.server.clone(),
+        }
+    }
+}
+
+pub struct OtelView<'a>(pub &'a mut GuestTelemetry);
+
+pub struct HasOtel;
+impl wasmtime::component::HasData for HasOtel {
+    type Data<'a> = OtelView<'a>;
+}
+
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> OtelView<'_>,
+) -> wasmtime::Result<()> {
+    types::add_to_linker::<T, HasOtel>(linker, get)?;
+    wt::add_to_linker::<T, HasOtel>(linker, get)?;
+    wm::add_to_linker::<T, HasOtel>(linker, get)?;
+    logs::add_to_linker::<T, HasOtel>(linker, get)?;
+    Ok(())
+}
+
+fn to_system_time(d: &Datetime) -> SystemTime {
+    UNIX_EPOCH + Duration::new(d.seconds, d.nanoseconds)
+}
+
+fn parse_context(c: &wt::SpanContext) -> Option<SpanContext> {
+    let trace_id = TraceId::from_hex(&c.trace_id).ok()?;
+    let span_id = SpanId::from_hex(&c.span_id).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = if c.trace_flags.contains(wt::TraceFlags::SAMPLED) {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let state =
+        TraceState::from_key_value(c.trace_state.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .unwrap_or_default();
+    Some(SpanContext::new(trace_id, span_id, flags, true, state))
+}
+
+fn attributes(kvs: &[types::KeyValue]) -> Vec<KeyValue> {
+    kvs.iter()
+        .map(|kv| KeyValue::new(kv.key.clone(), kv.value.clone()))
+        .collect()
+}
+
+impl types::Host for OtelView<'_> {}
+
+impl wt::Host for OtelView<'_> {
+    fn on_start(&mut self, context: wt::SpanContext) -> wasmtime::Result<()> {
+        if let Some(sc) = parse_context(&context) {
+            self.0.open.push(sc);
+        }
+        Ok(())
+    }
+
+    fn on_end(&mut self, span: wt::SpanData) -> wasmtime::Result<()> {
+        let Some(sc) = parse_context(&span.span_context) else {
+            return Ok(());
+        };
+        self.0.open.retain(|o| o.span_id() != sc.span_id());
+        // The parent: the guest's named parent in the same trace, else the
+        // server span.
+        let parent = match SpanId::from_hex(&span.parent_span_id) {
+            Ok(pid) if pid != SpanId::INVALID => {
+                let psc = SpanContext::new(
+                    sc.trace_id(),
+                    pid,
+                    sc.trace_flags(),
+                    true,
+                    sc.trace_state().clone(),
+                );
+                Context::new().with_remote_span_context(psc)
+            }
+            _ => self.0.server.clone(),
+        };
+        let kind = match span.span_kind {
+            wt::SpanKind::Client => SpanKind::Client,
+            wt::SpanKind::Server => SpanKind::Server,
+            wt::SpanKind::Producer => SpanKind::Producer,
+            wt::SpanKind::Consumer => SpanKind::Consumer,
+            wt::SpanKind::Internal => SpanKind::Internal,
+        };
+        let mut attrs = attributes(&span.attributes);
+        attrs.push(KeyValue::new(
+            "gantry.component.id",
+            self.0.component.to_string(),
+        ));
+        let events: Vec<Event> = span
+            .events
+            .iter()
+            .map(|e| {
+                Event::new(
+                    e.name.clone(),
+                    to_system_time(&e.time),
+                    attributes(&e.attributes),
+                    0,
+                )
+            })
+            .collect();
+        let tracer = self.0.tracing.tracer();
+        let mut builder = tracer
+            .span_builder(span.name.clone())
+            .with_kind(kind)
+            .with_start_time(to_system_time(&span.start_time))
+            .with_attributes(attrs);
+        builder.events = Some(events);
+        NEXT_SPAN_ID.with(|c| c.set(Some(sc.span_id())));
+        let mut built = builder.start_with_context(tracer, &parent);
+        NEXT_SPAN_ID.with(|c| c.set(None));
+        use opentelemetry::trace::Span as _;
+        match span.status {
+            wt::Status::Unset => {}
+            wt::Status::Ok => built.set_status(Status::Ok),
+            wt::Status::Error(msg) => built.set_status(Status::error(msg)),
+        }
+        built.end_with_timestamp(to_system_time(&span.end_time));
+        Ok(())
+    }
+
+    fn outer_span_context(&mut self) -> wasmtime::Result<wt::SpanContext> {
+        let span = self.0.server.span();
+        let sc = span.span_context();
+        Ok(wt::SpanContext {
+            trace_id: sc.trace_id().to_string(),
+            span_id: sc.span_id().to_string(),
+            trace_flags: if sc.is_sampled() {
+                wt::TraceFlags::SAMPLED
+            } else {
+                wt::TraceFlags::empty()
+            },
+            is_remote: false,
+            trace_state: sc
+                .trace_state()
+                .header()
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+}
+
+fn number(n: &wm::MetricNumber) -> f64 {
+    match n {
+        wm::MetricNumber::F64(v) => *v,
+        wm::MetricNumber::S64(v) => *v as f64,
+        wm::MetricNumber::U64(v) => *v as f64,
+    }
+}
+
+impl wm::Host for OtelView<'_> {
+    fn export(&mut self, data: wm::ResourceMetrics) -> wasmtime::Result<Result<(), wm::Error>> {
+        let component = self.0.component.clone();
+        let trace_id = self.0.server.span().span_context().trace_id().to_string();
+        for scope in &data.scope_metrics {
+            for m in &scope.metrics {
+                use wm::MetricData as D;
+                match &m.data {
+                    D::F64Sum(s) | D::U64Sum(s) | D::S64Sum(s) => {
+                        for p in &s.data_points {
+                            self.0.metrics.guest_counter_add(
+                                &component,
+                                &m.name,
+                                &m.description,
+                                &kv_pairs(&p.attributes),
+                                number(&p.value),
+                            );
+                        }
+                    }
+                    D::F64Gauge(g) | D::U64Gauge(g) | D::S64Gauge(g) => {
+                        for p in &g.data_points {
+                            self.0.metrics.guest_gauge_set(
+                                &component,
+                                &m.name,
+                                &m.description,
+                                &kv_pairs(&p.attributes),
+                                number(&p.value),
+                            );
+                        }
+                    }
+                    D::F64Histogram(h) | D::U64Histogram(h) | D::S64Histogram(h) => {
+                        for p in &h.data_points {
+                            self.0.metrics.guest_histogram_merge(
+                                &component,
+                                &m.name,
+                                &m.description,
+                                &kv_pairs(&p.attributes),
+                                &p.bounds,
+                                &p.bucket_counts,
+                                number(&p.sum),
+                                Some(&trace_id),
+                            );
+                        }
+                    }
+                    D::F64ExponentialHistogram(_)
+                    | D::U64ExponentialHistogram(_)
+                    | D::S64ExponentialHistogram(_) => {
+                        return Ok(Err(format!(
+                            "metric {}: exponential histograms are not supported; use explicit buckets",
+                            m.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+fn kv_pairs(kvs: &[types::KeyValue]) -> Vec<(String, String)> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
+}
+
+impl logs::Host for OtelView<'_> {
+    fn on_emit(&mut self, data: logs::LogRecord) -> wasmtime::Result<()> {
+        let server = self.0.server.span();
+        let sc = server.span_context();
+        let trace_id = data.trace_id.unwrap_or_else(|| sc.trace_id().to_string());
+        let span_id = data.span_id.unwrap_or_else(|| sc.span_id().to_string());
+        let body = data.body.unwrap_or_default();
+        let severity = data.severity_text.unwrap_or_else(|| "INFO".into());
+        tracing::info!(
+            target: "guest",
+            component = %self.0.component,
+            %trace_id,
+            %span_id,
+            severity = %severity,
+            "{body}"
+        );
+        Ok(())
+    }
+}
