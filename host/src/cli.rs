@@ -16,6 +16,7 @@ use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp_metrics::MetricsExport;
 use crate::telemetry::trace::Tracing;
 use crate::telemetry::{self, LogFormat};
 
@@ -97,6 +98,11 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 128)]
     pub pool_size: u32,
 
+    /// How long a request may wait for a free instance before it gets 503
+    /// with Retry-After (absorbs bursts; 0 answers 503 at once).
+    #[arg(long, default_value = "100ms", value_parser = parse_wait)]
+    pub queue_timeout: Duration,
+
     /// Never use the pooling allocator (allocate instances on demand).
     #[arg(long)]
     pub no_pooling: bool,
@@ -147,6 +153,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("duration must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// Like [`parse_duration`], but zero is allowed (`0` means "do not wait").
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    match number_and_unit(s, "a duration like 100ms")? {
+        (0, "" | "ms" | "s" | "m" | "h") => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
 }
 
 /// `128MiB`, `10MB`, `512KiB`, `1GiB`, or plain bytes.
@@ -286,7 +300,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let tracer = Arc::new(Tracing::init(metrics.dropped_spans.clone())?);
+    let tracer = Arc::new(Tracing::init(&metrics)?);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         ..AdminState::default()
@@ -326,6 +340,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         bail!("the application has no public routes");
     }
 
+    let metrics_handle = metrics.clone();
     let server = Arc::new(AppServer::new(
         runtime,
         tracer.clone(),
@@ -335,8 +350,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             request_timeout: args.request_timeout,
             max_request_body: args.max_request_body,
             max_instance_memory: args.max_instance_memory,
+            queue_timeout: args.queue_timeout,
         },
     ));
+    let metrics_export = MetricsExport::start(metrics_handle)?;
     admin_state.ready.store(true, Ordering::Relaxed);
     let drain_state = admin_state.clone();
     let shutdown = async move {
@@ -345,6 +362,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight requests");
     };
     server::serve(listener, server, shutdown, args.shutdown_timeout).await;
+    if let Some(export) = metrics_export {
+        export.shutdown().await;
+    }
     // Flushing may wait on the collector; keep it off the async threads.
     let flushing = tracer.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
@@ -410,5 +430,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_wait("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_wait("0parsecs").is_err());
     }
 }

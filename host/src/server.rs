@@ -27,6 +27,7 @@ use crate::telemetry::metrics::{Gauge, Metrics};
 use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument as _;
 
 /// Limits applied to every request.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub max_request_body: u64,
     pub max_instance_memory: u64,
+    /// How long a request waits for a free instance before its 503.
+    pub queue_timeout: Duration,
 }
 
 /// Shared by every connection of the application listener.
@@ -91,8 +94,15 @@ impl AppServer {
         let _active = ActiveGuard(active);
         let route = m.entry.raw.clone();
         let method = req.method().as_str().to_string();
+        let log_span = tracing::info_span!(
+            "request",
+            component = %component,
+            route = %route,
+            trace_id = tracing::field::Empty
+        );
         let response = self
             .handle_routed(req, &m, &version, &component, client, local)
+            .instrument(log_span)
             .await;
         let status = response.status();
         self.metrics
@@ -195,6 +205,11 @@ impl AppServer {
             .tracing
             .server_span(&parent, format!("{method} {route}"), attrs);
         self.tracing.inject(&cx, &mut parts.headers);
+        // Every log line of this request carries its trace id.
+        tracing::Span::current().record(
+            "trace_id",
+            tracing::field::display(cx.span().span_context().trace_id()),
+        );
 
         let overflow = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
@@ -206,7 +221,7 @@ impl AppServer {
         .boxed_unsync();
         let request = Request::from_parts(parts, body);
 
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let Some(permit) = self.acquire_instance_slot().await else {
             tracing::warn!(%component, "no free instance: all {} slots busy", self.runtime.config().pool_size);
             let mut r = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -248,6 +263,25 @@ impl AppServer {
                 .insert(SampledTrace(sc.trace_id().to_string()));
         }
         resp
+    }
+
+    /// A free instance slot, waiting at most `queue_timeout` for one. The
+    /// wait also covers the short gap between a response's last byte and its
+    /// instance being torn down, which a client can otherwise observe.
+    async fn acquire_instance_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.limits.queue_timeout.is_zero() {
+            return None;
+        }
+        tokio::time::timeout(
+            self.limits.queue_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await
+        .ok()?
+        .ok()
     }
 
     fn error_response(

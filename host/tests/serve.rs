@@ -128,6 +128,27 @@ async fn no_free_instance_gets_503_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_request_waits_for_a_slot_within_the_queue_timeout() {
+    let g = Gantry::start(
+        &root_manifest(),
+        &["--pool-size", "1", "--queue-timeout", "3s"],
+    );
+    let url = g.url("/beta?delay_ms=600");
+    let slow = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    let r = get(&g.url("/alpha")).await;
+    // Queued behind the slow request, then served: no 503.
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "did not wait: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(slow.await.expect("slow request").status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_goes_away_frees_its_instance() {
     let g = Gantry::start(&root_manifest(), &["--pool-size", "1"]);
     for path in ["/beta?delay_ms=10000", "/broken?mode=loop"] {
