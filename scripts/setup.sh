@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Gantry: the pinned Rust toolchain with the
-# wasm32-wasip2 target, the test peers (Prometheus), then a release build of
+# wasm32-wasip2 target, the test peers (Prometheus, an OTLP collector), then a release build of
 # the host and the example functions. Safe to run again; it only installs
 # what is missing.
 set -euo pipefail
@@ -20,6 +20,12 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+fi
+
+# A real OpenTelemetry collector for the OTLP tests (rotel ships its binary
+# in the Python package).
+if ! python3 -c 'import rotel' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check rotel==0.0.1a15
 fi
 
 cargo build --release --locked -p gantry

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::capabilities::ComponentCaps;
 use crate::capabilities::otel::{GuestTelemetry, OtelView};
 use crate::capabilities::outbound_http::OutboundHooks;
+use crate::capabilities::stdio::GuestOutput;
 use crate::capabilities::variables::ComponentVariables;
 use crate::runtime::LoadedComponent;
 use crate::telemetry::metrics::Metrics;
@@ -69,13 +70,24 @@ impl HostState {
 impl HostState {
     fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle) -> Self {
         let mut wasi = WasiCtxBuilder::new();
+        let span = {
+            use opentelemetry::trace::TraceContextExt;
+            trace.cx.span().span_context().clone()
+        };
+        let output = |stream| GuestOutput {
+            component: caps.id.clone(),
+            stream,
+            span: span.clone(),
+            tracing: trace.tracing.clone(),
+        };
         // Granted, never ambient: no sockets, no name lookups, no files, and
-        // only the environment the manifest gives.
+        // only the environment the manifest gives. Output goes to the host
+        // log, attributed to the component and the request.
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .inherit_stdout()
-            .inherit_stderr()
+            .stdout(output("stdout"))
+            .stderr(output("stderr"))
             .envs(&caps.environment);
         HostState {
             wasi: wasi.build(),

@@ -144,40 +144,112 @@ async fn a_real_prometheus_scrapes_the_request_count() {
         .spawn()
         .expect("prometheus (installed by scripts/setup.sh)");
 
-    let query = "sum(http_server_request_duration_seconds_count%7Bcomponent%3D%22alpha%22%7D)";
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query={query}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
+    let mut last = serde_json::Value::Null;
     let seen = loop {
         if Instant::now() > deadline {
             break None;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        let Ok(resp) = client.get(url.parse().expect("url")).await else {
+        let Some(v) = prom_query(
+            port,
+            "sum(http_server_request_duration_seconds_count{component=\"alpha\"})",
+        )
+        .await
+        else {
             continue;
         };
-        use http_body_util::BodyExt;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        last = String::from_utf8_lossy(&body).into_owned();
-        let v: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
+        last = v.clone();
         if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
             break Some(value.to_string());
         }
     };
+    assert_eq!(seen.as_deref(), Some("7"), "last answer: {last}");
+
+    // Every query of the Grafana dashboard in deploy/ is valid PromQL that
+    // this Prometheus evaluates, and names only metrics Gantry exposes.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("deploy/observability/grafana-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let exposed = get(&g.admin_url("/metrics")).await.text();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            let concrete = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$component", ".*");
+            let v = prom_query(port, &concrete)
+                .await
+                .expect("prometheus answers");
+            assert_eq!(v["status"], "success", "{expr}: {v}");
+            for name in metric_names(expr) {
+                let family = name
+                    .strip_suffix("_bucket")
+                    .or_else(|| name.strip_suffix("_count"))
+                    .unwrap_or(&name);
+                assert!(
+                    exposed.contains(&format!("# TYPE {family} ")),
+                    "dashboard panel {:?} uses {name}, which Gantry does not expose",
+                    panel["title"]
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} dashboard queries");
     let _ = prom.kill();
     let _ = prom.wait();
-    assert_eq!(seen.as_deref(), Some("7"), "last answer: {last}");
+}
+
+/// Metric names in a PromQL expression: identifiers directly before `{`.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, _) in expr.match_indices('{') {
+        let name: String = expr[..i]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        if !name.is_empty() && !name.starts_with("__") {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Runs an instant query; `None` while Prometheus is not answering yet.
+async fn prom_query(port: u16, query: &str) -> Option<serde_json::Value> {
+    let encoded: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query={encoded}");
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = client.get(url.parse().ok()?).await.ok()?;
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+#[test]
+fn the_shipped_prometheus_config_is_valid() {
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(workspace().join("deploy/observability/prometheus.yml"))
+        .output()
+        .expect("promtool (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,6 +263,7 @@ async fn an_unreachable_collector_costs_no_request_and_drops_are_counted() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
     );
     let mut tasks = Vec::new();
@@ -217,15 +290,22 @@ async fn an_unreachable_collector_costs_no_request_and_drops_are_counted() {
     );
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let dropped = loop {
+    let (spans, points) = loop {
         let text = get(&g.admin_url("/metrics")).await.text();
-        let v =
-            metric_value(&text, "gantry_telemetry_dropped_total{signal=\"traces\"}").unwrap_or(0.0);
-        if v > 0.0 || Instant::now() > deadline {
-            break v;
+        let value = |signal: &str| {
+            metric_value(
+                &text,
+                &format!("gantry_telemetry_dropped_total{{signal=\"{signal}\"}}"),
+            )
+            .unwrap_or(0.0)
+        };
+        let (spans, points) = (value("traces"), value("metrics"));
+        if (spans > 0.0 && points > 0.0) || Instant::now() > deadline {
+            break (spans, points);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    println!("spans dropped with the collector away: {dropped}");
-    assert!(dropped > 0.0, "the drop counter did not rise");
+    println!("dropped with the collector away: {spans} spans, {points} metric points");
+    assert!(spans > 0.0, "the span drop counter did not rise");
+    assert!(points > 0.0, "the metric drop counter did not rise");
 }

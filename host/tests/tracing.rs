@@ -4,109 +4,11 @@
 mod common;
 use common::*;
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use common::otlp::{Receiver, attr_of, hex};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
-use prost::Message;
-
-/// An OTLP/HTTP receiver: accepts `POST /v1/traces` and keeps every span.
-struct Receiver {
-    addr: std::net::SocketAddr,
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let store = spans.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let store = store.clone();
-                            async move {
-                                let path = req.uri().path().to_string();
-                                let body = req
-                                    .into_body()
-                                    .collect()
-                                    .await
-                                    .map(|b| b.to_bytes())
-                                    .unwrap_or_default();
-                                let decoded = (path == "/v1/traces")
-                                    .then(|| ExportTraceServiceRequest::decode(body).ok())
-                                    .flatten();
-                                if let Some(msg) = decoded {
-                                    let mut s = store.lock().unwrap();
-                                    for rs in msg.resource_spans {
-                                        for ss in rs.scope_spans {
-                                            s.extend(ss.spans);
-                                        }
-                                    }
-                                }
-                                Ok::<_, std::convert::Infallible>(
-                                    http::Response::builder()
-                                        .header("content-type", "application/x-protobuf")
-                                        .body(Full::new(Bytes::new()))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Receiver { addr, spans }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Waits until a span matching `pred` has arrived.
-    async fn wait_for(&self, what: &str, pred: impl Fn(&Span) -> bool) -> Span {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.spans.lock().unwrap().iter().find(|s| pred(s)) {
-                return s.clone();
-            }
-            assert!(Instant::now() < deadline, "no {what} span arrived");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn attr(span: &Span, key: &str) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| {
-            kv.value
-                .as_ref()
-                .and_then(|v| v.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    Value::IntValue(i) => i.to_string(),
-                    other => format!("{other:?}"),
-                })
-        })
+    attr_of(&span.attributes, key)
 }
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -117,6 +19,7 @@ fn otel_env(rx: &Receiver) -> Vec<(&'static str, String)> {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100".into()),
         ("OTEL_SERVICE_NAME", "gantry-test".into()),
     ]
 }
@@ -165,13 +68,26 @@ async fn trace_context_flows_from_caller_through_host_to_upstream() {
     );
     assert!(attr(&server, "gantry.component.digest").is_some_and(|d| d.starts_with("sha256:")));
 
-    // The client span of the outbound call: child of the server span.
+    // The guest's own span around the call: child of the server span.
+    let guest = rx
+        .wait_for("example-request", |s| {
+            s.name == "example-request" && hex(&s.trace_id) == TRACE
+        })
+        .await;
+    assert_eq!(guest.parent_span_id, server.span_id);
+    assert_eq!(attr(&guest, "url.full"), Some(upstream.url()));
+    assert_eq!(
+        attr(&guest, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+
+    // The client span of the outbound call: child of the guest span.
     let client = rx
         .wait_for("client", |s| {
             s.kind == SpanKind::Client as i32 && hex(&s.trace_id) == TRACE
         })
         .await;
-    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(client.parent_span_id, guest.span_id);
     assert_eq!(
         attr(&client, "http.response.status_code").as_deref(),
         Some("200")

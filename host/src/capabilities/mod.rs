@@ -5,6 +5,7 @@
 
 pub mod otel;
 pub mod outbound_http;
+pub mod stdio;
 pub mod variables;
 
 /// Host bindings for every interface of `wit/` that Gantry implements.

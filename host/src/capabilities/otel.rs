@@ -296,6 +296,17 @@ impl logs::Host for OtelView<'_> {
             severity = %severity,
             "{body}"
         );
+        if let Some(logs) = &self.0.tracing.guest_logs {
+            // Ids a guest made up and got wrong fall back to the server span's.
+            let trace = opentelemetry::trace::TraceId::from_hex(&trace_id).unwrap_or(sc.trace_id());
+            let span = opentelemetry::trace::SpanId::from_hex(&span_id).unwrap_or(sc.span_id());
+            logs.emit_record(
+                &self.0.component,
+                &severity,
+                &body,
+                Some((trace, span, sc.trace_flags())),
+            );
+        }
         Ok(())
     }
 }

@@ -24,11 +24,13 @@ pub const INSTANTIATION_BUCKETS: &[f64] = &[
     0.05, 0.1,
 ];
 
+/// A sampled request's trace id, kept beside the bucket it landed in.
 #[derive(Debug, Clone)]
-struct Exemplar {
-    trace_id: String,
-    value: f64,
-    timestamp: f64,
+pub struct Exemplar {
+    pub trace_id: String,
+    pub value: f64,
+    /// Unix seconds.
+    pub timestamp: f64,
 }
 
 #[derive(Debug)]
@@ -219,10 +221,13 @@ struct GuestFamily {
     kind: GuestKind,
 }
 
+/// A guest family's series: keyed like [`series_key`], each with its labels.
+type GuestSeries<T> = HashMap<String, (Vec<(String, String)>, T)>;
+
 enum GuestKind {
-    Counter(HashMap<String, (Vec<(String, String)>, f64)>),
-    Gauge(HashMap<String, (Vec<(String, String)>, f64)>),
-    Histogram(HashMap<String, (Vec<(String, String)>, GuestHistogram)>),
+    Counter(GuestSeries<f64>),
+    Gauge(GuestSeries<f64>),
+    Histogram(GuestSeries<GuestHistogram>),
 }
 
 struct GuestHistogram {
@@ -461,74 +466,109 @@ impl Metrics {
     /// exemplars and `# EOF`) over the Prometheus 0.0.4 text format.
     pub fn render(&self, openmetrics: bool) -> String {
         let mut out = String::with_capacity(8192);
-        let w = &mut Writer {
-            out: &mut out,
-            openmetrics,
-        };
-        w.histogram(
-            "http_server_request_duration_seconds",
-            "Duration of HTTP server requests.",
-            &self.request_duration,
-        );
-        w.gauge(
-            "http_server_active_requests",
-            "Number of active HTTP server requests.",
-            &self.active_requests,
-        );
-        w.histogram(
-            "gantry_instantiation_duration_seconds",
-            "Time to create a fresh component instance for a request.",
-            &self.instantiation,
-        );
-        w.counter(
-            "gantry_guest_failures",
-            "Requests a guest failed, by reason (trap, timeout, memory, no_free_instance, guest_error).",
-            &self.guest_failures,
-        );
-        w.gauge(
-            "gantry_guest_memory_peak_bytes",
-            "Largest linear memory a guest instance has grown to.",
-            &self.guest_memory_peak,
-        );
-        w.histogram(
-            "http_client_request_duration_seconds",
-            "Duration of guests' outbound HTTP requests.",
-            &self.outbound_duration,
-        );
-        w.counter(
-            "gantry_outbound_denied",
-            "Outbound requests refused by allowed_outbound_hosts.",
-            &self.outbound_denied,
-        );
-        w.gauge(
-            "gantry_component_info",
-            "The component versions being served (value 1).",
-            &self.component_info,
-        );
-        w.gauge(
-            "gantry_component_loaded_timestamp_seconds",
-            "When each component's current version was loaded.",
-            &self.component_loaded,
-        );
-        self.render_guest(w);
-        self.telemetry_dropped.with(&["traces"]).0.store(
-            self.dropped_spans.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        w.counter(
-            "gantry_telemetry_dropped",
-            "Telemetry items (spans, metric points, log records) that could not be exported.",
-            &self.telemetry_dropped,
-        );
+        for family in self.snapshot() {
+            write_family(&mut out, &family, openmetrics);
+        }
         if openmetrics {
             out.push_str("# EOF\n");
         }
         out
     }
-}
 
-impl Metrics {
-    fn render_guest(&self, w: &mut Writer<'_>) {
+    /// A copy of every family as it is now: the one model that both the
+    /// Prometheus exposition and the OTLP export are written from.
+    pub fn snapshot(&self) -> Vec<FamilySnapshot> {
+        let mut out = vec![
+            FamilySnapshot::of(
+                "http_server_request_duration_seconds",
+                "http.server.request.duration",
+                "s",
+                "Duration of HTTP server requests.",
+                Kind::Histogram,
+                self.request_duration.series(Histogram::point),
+            ),
+            FamilySnapshot::of(
+                "http_server_active_requests",
+                "http.server.active_requests",
+                "{request}",
+                "Number of active HTTP server requests.",
+                Kind::Gauge,
+                self.active_requests.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_instantiation_duration_seconds",
+                "gantry.instantiation.duration",
+                "s",
+                "Time to create a fresh component instance for a request.",
+                Kind::Histogram,
+                self.instantiation.series(Histogram::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_guest_failures",
+                "gantry.guest.failures",
+                "{request}",
+                "Requests a guest failed, by reason (trap, timeout, memory, no_free_instance, guest_error).",
+                Kind::Counter,
+                self.guest_failures.series(Counter::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_guest_memory_peak_bytes",
+                "gantry.guest.memory.peak",
+                "By",
+                "Largest linear memory a guest instance has grown to.",
+                Kind::Gauge,
+                self.guest_memory_peak.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "http_client_request_duration_seconds",
+                "http.client.request.duration",
+                "s",
+                "Duration of guests' outbound HTTP requests.",
+                Kind::Histogram,
+                self.outbound_duration.series(Histogram::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_outbound_denied",
+                "gantry.outbound.denied",
+                "{request}",
+                "Outbound requests refused by allowed_outbound_hosts.",
+                Kind::Counter,
+                self.outbound_denied.series(Counter::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_component_info",
+                "gantry.component.info",
+                "1",
+                "The component versions being served (value 1).",
+                Kind::Gauge,
+                self.component_info.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_component_loaded_timestamp_seconds",
+                "gantry.component.loaded_timestamp",
+                "s",
+                "When each component's current version was loaded.",
+                Kind::Gauge,
+                self.component_loaded.series(Gauge::point),
+            ),
+        ];
+        self.snapshot_guest(&mut out);
+        self.telemetry_dropped.with(&["traces"]).0.store(
+            self.dropped_spans.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        out.push(FamilySnapshot::of(
+            "gantry_telemetry_dropped",
+            "gantry.telemetry.dropped",
+            "{item}",
+            "Telemetry items (spans, metric points, log records) that could not be exported.",
+            Kind::Counter,
+            self.telemetry_dropped.series(Counter::point),
+        ));
+        out
+    }
+
+    fn snapshot_guest(&self, out: &mut Vec<FamilySnapshot>) {
         let Ok(map) = self.guest.read() else {
             return;
         };
@@ -536,94 +576,171 @@ impl Metrics {
         names.sort();
         for name in names {
             let fam = &map[name];
-            let fmt_labels = |labels: &[(String, String)], extra: Option<(&str, &str)>| {
-                let mut parts: Vec<String> = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            fn rows<T>(
+                series: &GuestSeries<T>,
+                point: impl Fn(&T) -> Point,
+            ) -> Vec<SeriesSnapshot> {
+                let mut rows: Vec<SeriesSnapshot> = series
+                    .values()
+                    .map(|(labels, v)| SeriesSnapshot {
+                        labels: labels.clone(),
+                        point: point(v),
+                    })
                     .collect();
-                if let Some((k, v)) = extra {
-                    parts.push(format!("{k}=\"{v}\""));
-                }
-                format!("{{{}}}", parts.join(","))
-            };
-            match &fam.kind {
-                GuestKind::Counter(series) => {
-                    let base = name.strip_suffix("_total").unwrap_or(name);
-                    let family = if w.openmetrics {
-                        base.to_string()
-                    } else {
-                        format!("{base}_total")
-                    };
-                    w.header(&family, "counter", &fam.help);
-                    let mut rows: Vec<_> = series.values().collect();
-                    rows.sort_by(|a, b| a.0.cmp(&b.0));
-                    for (labels, v) in rows {
-                        let _ = writeln!(
-                            w.out,
-                            "{base}_total{} {}",
-                            fmt_labels(labels, None),
-                            fmt_f64(*v)
-                        );
-                    }
-                }
-                GuestKind::Gauge(series) => {
-                    w.header(name, "gauge", &fam.help);
-                    let mut rows: Vec<_> = series.values().collect();
-                    rows.sort_by(|a, b| a.0.cmp(&b.0));
-                    for (labels, v) in rows {
-                        let _ =
-                            writeln!(w.out, "{name}{} {}", fmt_labels(labels, None), fmt_f64(*v));
-                    }
-                }
-                GuestKind::Histogram(series) => {
-                    w.header(name, "histogram", &fam.help);
-                    let mut rows: Vec<_> = series.values().collect();
-                    rows.sort_by(|a, b| a.0.cmp(&b.0));
-                    for (labels, h) in rows {
-                        let mut cumulative = 0;
-                        let total: u64 = h.counts.iter().sum();
-                        for (i, bound) in h
-                            .bounds
-                            .iter()
-                            .copied()
-                            .chain(std::iter::once(f64::INFINITY))
-                            .enumerate()
-                        {
-                            cumulative += h.counts[i];
-                            let le = fmt_f64(bound);
-                            let _ = write!(
-                                w.out,
-                                "{name}_bucket{} {cumulative}",
-                                fmt_labels(labels, Some(("le", &le)))
-                            );
-                            if w.openmetrics
-                                && cumulative == total
-                                && i == h.bounds.len()
-                                && let Some(ex) = &h.exemplar
-                            {
-                                let _ = write!(
-                                    w.out,
-                                    " # {{trace_id=\"{}\"}} {} {:.3}",
-                                    ex.trace_id,
-                                    fmt_f64(ex.value),
-                                    ex.timestamp
-                                );
-                            }
-                            w.out.push('\n');
-                        }
-                        let l = fmt_labels(labels, None);
-                        let _ = writeln!(w.out, "{name}_sum{l} {}", fmt_f64(h.sum));
-                        let _ = writeln!(w.out, "{name}_count{l} {total}");
-                    }
-                }
+                rows.sort_by(|a, b| a.labels.cmp(&b.labels));
+                rows
             }
+            let (kind, series, base) = match &fam.kind {
+                GuestKind::Counter(s) => (
+                    Kind::Counter,
+                    rows(s, |v| Point::Number(*v)),
+                    name.strip_suffix("_total").unwrap_or(name),
+                ),
+                GuestKind::Gauge(s) => (Kind::Gauge, rows(s, |v| Point::Number(*v)), name.as_str()),
+                GuestKind::Histogram(s) => (
+                    Kind::Histogram,
+                    rows(s, |h| {
+                        let mut exemplars = vec![None; h.counts.len()];
+                        if let Some(last) = exemplars.last_mut() {
+                            *last = h.exemplar.clone();
+                        }
+                        Point::Histogram(HistogramPoint {
+                            bounds: h.bounds.clone(),
+                            counts: h.counts.clone(),
+                            sum: h.sum,
+                            exemplars,
+                        })
+                    }),
+                    name.as_str(),
+                ),
+            };
+            out.push(FamilySnapshot {
+                name: base.to_string(),
+                otel_name: name.clone(),
+                unit: "",
+                help: fam.help.clone(),
+                kind,
+                series,
+            });
         }
     }
 }
 
-struct Writer<'a> {
-    out: &'a mut String,
-    openmetrics: bool,
+/// What kind of metric a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One series' value at snapshot time.
+#[derive(Debug, Clone)]
+pub enum Point {
+    Number(f64),
+    Histogram(HistogramPoint),
+}
+
+/// A histogram's state: explicit bounds and per-bucket (not cumulative)
+/// counts, the last bucket being +Inf.
+#[derive(Debug, Clone)]
+pub struct HistogramPoint {
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    /// Per bucket: the last sampled request that landed there.
+    pub exemplars: Vec<Option<Exemplar>>,
+}
+
+impl HistogramPoint {
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SeriesSnapshot {
+    /// Label names (Prometheus form) and values.
+    pub labels: Vec<(String, String)>,
+    pub point: Point,
+}
+
+/// One family as it is now.
+#[derive(Debug, Clone)]
+pub struct FamilySnapshot {
+    /// The Prometheus name; a counter's without `_total`.
+    pub name: String,
+    /// The OpenTelemetry instrument name and unit, for OTLP.
+    pub otel_name: String,
+    pub unit: &'static str,
+    pub help: String,
+    pub kind: Kind,
+    pub series: Vec<SeriesSnapshot>,
+}
+
+impl FamilySnapshot {
+    fn of(
+        name: &str,
+        otel_name: &str,
+        unit: &'static str,
+        help: &str,
+        kind: Kind,
+        series: Vec<SeriesSnapshot>,
+    ) -> Self {
+        FamilySnapshot {
+            name: name.to_string(),
+            otel_name: otel_name.to_string(),
+            unit,
+            help: help.to_string(),
+            kind,
+            series,
+        }
+    }
+}
+
+impl<M> Family<M> {
+    /// Every series with its label names, valued by `point`.
+    fn series(&self, point: impl Fn(&M) -> Point) -> Vec<SeriesSnapshot> {
+        self.snapshot()
+            .into_iter()
+            .map(|(values, m)| SeriesSnapshot {
+                labels: self
+                    .labels
+                    .iter()
+                    .map(|l| l.to_string())
+                    .zip(values)
+                    .collect(),
+                point: point(&m),
+            })
+            .collect()
+    }
+}
+
+impl Counter {
+    fn point(&self) -> Point {
+        Point::Number(self.get() as f64)
+    }
+}
+
+impl Gauge {
+    fn point(&self) -> Point {
+        Point::Number(self.get() as f64)
+    }
+}
+
+impl Histogram {
+    fn point(&self) -> Point {
+        Point::Histogram(HistogramPoint {
+            bounds: self.bounds.to_vec(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+            sum: f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),
+            exemplars: self.exemplars.lock().map(|e| e.clone()).unwrap_or_default(),
+        })
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -632,10 +749,9 @@ fn escape(v: &str) -> String {
         .replace('"', "\\\"")
 }
 
-fn labels(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
-    let mut parts: Vec<String> = names
+fn fmt_labels(labels: &[(String, String)], extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels
         .iter()
-        .zip(values)
         .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
         .collect();
     if let Some((n, v)) = extra {
@@ -667,78 +783,63 @@ fn now_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-impl Writer<'_> {
-    fn header(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn counter(&mut self, base: &str, help: &str, fam: &Family<Counter>) {
-        // OpenMetrics names the family without `_total`; 0.0.4 with it.
-        let family = if self.openmetrics {
-            base.to_string()
-        } else {
-            format!("{base}_total")
-        };
-        self.header(&family, "counter", help);
-        for (values, c) in fam.snapshot() {
-            let _ = writeln!(
-                self.out,
-                "{base}_total{} {}",
-                labels(fam.labels, &values, None),
-                c.get()
-            );
-        }
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, fam: &Family<Gauge>) {
-        self.header(name, "gauge", help);
-        for (values, g) in fam.snapshot() {
-            let _ = writeln!(
-                self.out,
-                "{name}{} {}",
-                labels(fam.labels, &values, None),
-                g.get()
-            );
-        }
-    }
-
-    fn histogram(&mut self, name: &str, help: &str, fam: &Family<Histogram>) {
-        self.header(name, "histogram", help);
-        for (values, h) in fam.snapshot() {
-            let exemplars = h.exemplars.lock().map(|e| e.clone()).unwrap_or_default();
-            let mut cumulative = 0;
-            for (i, bound) in h
-                .bounds
-                .iter()
-                .copied()
-                .chain(std::iter::once(f64::INFINITY))
-                .enumerate()
-            {
-                cumulative += h.counts[i].load(Ordering::Relaxed);
-                let le = fmt_f64(bound);
-                let _ = write!(
-                    self.out,
-                    "{name}_bucket{} {cumulative}",
-                    labels(fam.labels, &values, Some(("le", &le)))
+/// Writes one family in the Prometheus 0.0.4 text format or OpenMetrics.
+fn write_family(out: &mut String, f: &FamilySnapshot, openmetrics: bool) {
+    let name = &f.name;
+    let (family, kind) = match f.kind {
+        // OpenMetrics names a counter family without `_total`; 0.0.4 with it.
+        Kind::Counter if !openmetrics => (format!("{name}_total"), "counter"),
+        Kind::Counter => (name.clone(), "counter"),
+        Kind::Gauge => (name.clone(), "gauge"),
+        Kind::Histogram => (name.clone(), "histogram"),
+    };
+    let _ = writeln!(out, "# HELP {family} {}", f.help);
+    let _ = writeln!(out, "# TYPE {family} {kind}");
+    let suffix = if f.kind == Kind::Counter {
+        "_total"
+    } else {
+        ""
+    };
+    for s in &f.series {
+        match &s.point {
+            Point::Number(v) => {
+                let _ = writeln!(
+                    out,
+                    "{name}{suffix}{} {}",
+                    fmt_labels(&s.labels, None),
+                    fmt_f64(*v)
                 );
-                if self.openmetrics
-                    && let Some(Some(ex)) = exemplars.get(i)
-                {
-                    let _ = write!(
-                        self.out,
-                        " # {{trace_id=\"{}\"}} {} {:.3}",
-                        ex.trace_id,
-                        fmt_f64(ex.value),
-                        ex.timestamp
-                    );
-                }
-                self.out.push('\n');
             }
-            let l = labels(fam.labels, &values, None);
-            let sum = f64::from_bits(h.sum_bits.load(Ordering::Relaxed));
-            let _ = writeln!(self.out, "{name}_sum{l} {}", fmt_f64(sum));
-            let _ = writeln!(self.out, "{name}_count{l} {}", h.count());
+            Point::Histogram(h) => {
+                let mut cumulative = 0;
+                let bounds = h
+                    .bounds
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY));
+                for (i, bound) in bounds.enumerate() {
+                    cumulative += h.counts.get(i).copied().unwrap_or(0);
+                    let le = fmt_f64(bound);
+                    let _ = write!(
+                        out,
+                        "{name}_bucket{} {cumulative}",
+                        fmt_labels(&s.labels, Some(("le", &le)))
+                    );
+                    if openmetrics && let Some(Some(ex)) = h.exemplars.get(i) {
+                        let _ = write!(
+                            out,
+                            " # {{trace_id=\"{}\"}} {} {:.3}",
+                            ex.trace_id,
+                            fmt_f64(ex.value),
+                            ex.timestamp
+                        );
+                    }
+                    out.push('\n');
+                }
+                let l = fmt_labels(&s.labels, None);
+                let _ = writeln!(out, "{name}_sum{l} {}", fmt_f64(h.sum));
+                let _ = writeln!(out, "{name}_count{l} {cumulative}");
+            }
         }
     }
 }

@@ -22,5 +22,7 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+pub mod logs;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod trace;

@@ -26,6 +26,8 @@ pub struct Tracing {
     propagator: TextMapCompositePropagator,
     /// Whether spans leave the process (an OTLP endpoint is configured).
     pub exporting: bool,
+    /// Guest stdout/stderr as OTLP logs, when logs are exported.
+    pub guest_logs: Option<super::logs::GuestLogs>,
 }
 
 fn env_set(name: &str) -> bool {
@@ -37,9 +39,13 @@ pub fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-/// Is an OTLP endpoint configured for `signal` (`TRACES`, `METRICS`, `LOGS`)?
+/// Is an OTLP endpoint configured for `signal` (`TRACES`, `METRICS`, `LOGS`),
+/// and not turned off by `OTEL_SDK_DISABLED` or `OTEL_<SIGNAL>_EXPORTER=none`?
 pub fn otlp_configured(signal: &str) -> bool {
+    let off = std::env::var(format!("OTEL_{signal}_EXPORTER"))
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"));
     !sdk_disabled()
+        && !off
         && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
             || env_set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")))
 }
@@ -54,7 +60,8 @@ pub fn resource() -> opentelemetry_sdk::Resource {
 }
 
 impl Tracing {
-    pub fn init(dropped: Arc<AtomicU64>) -> anyhow::Result<Tracing> {
+    pub fn init(metrics: &super::metrics::Metrics) -> anyhow::Result<Tracing> {
+        let dropped = metrics.dropped_spans.clone();
         let mut builder = SdkTracerProvider::builder()
             .with_resource(resource())
             .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
@@ -78,6 +85,7 @@ impl Tracing {
                 Box::new(BaggagePropagator::new()),
             ]),
             exporting,
+            guest_logs: super::logs::GuestLogs::init(metrics.telemetry_dropped.with(&["logs"]))?,
         })
     }
 
@@ -95,6 +103,7 @@ impl Tracing {
                 Box::new(BaggagePropagator::new()),
             ]),
             exporting: false,
+            guest_logs: None,
         }
     }
 
@@ -142,6 +151,9 @@ impl Tracing {
     pub fn shutdown(&self) {
         let _ = self.provider.force_flush();
         let _ = self.provider.shutdown();
+        if let Some(logs) = &self.guest_logs {
+            logs.shutdown();
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! built from `functions/`, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod otlp;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,461 @@
+//! Metrics over OTLP: every `OTEL_METRIC_EXPORT_INTERVAL` the same snapshot
+//! that `/metrics` renders is encoded as an OTLP `ExportMetricsServiceRequest`
+//! (cumulative temporality, OTel instrument names and units, exemplars with
+//! trace ids) and pushed over http/protobuf or gRPC, configured by the
+//! standard `OTEL_EXPORTER_OTLP[_METRICS]_*` variables.
+//!
+//! Why not the SDK's `MeterProvider`: Gantry's registry is recorded with a few
+//! atomic adds on the request path and read only when someone asks; the SDK
+//! cannot export a registry it does not own (its `ResourceMetrics` cannot be
+//! built outside it), and recording everything twice would tax every request.
+//! So the push happens here, off the request path, from one source of truth.
+//! Points a push fails to deliver are counted in
+//! `gantry_telemetry_dropped_total{signal="metrics"}`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Exemplar, Gauge, Histogram, HistogramDataPoint, Metric,
+    NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, exemplar, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message as _;
+
+use super::metrics::{FamilySnapshot, Kind, Metrics, Point};
+use super::trace::{otlp_configured, resource};
+
+/// Where and how pushes go.
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: Vec<(String, String)>,
+    },
+    Grpc {
+        client: MetricsServiceClient<tonic::transport::Channel>,
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// The running exporter; [`MetricsExport::shutdown`] pushes one last time.
+pub struct MetricsExport {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The first of the named variables that is set and not blank.
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .map(|v| v.trim().to_string())
+        .find(|v| !v.is_empty())
+}
+
+fn env_millis(name: &str, default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(default),
+    )
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` syntax: `k1=v1,k2=v2`, values percent-encoded.
+pub fn parse_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let v = url::form_urlencoded::parse(format!("v={}", v.trim()).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            (k.trim().to_string(), v)
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn headers() -> Vec<(String, String)> {
+    let mut out = parse_headers(&env_first(&["OTEL_EXPORTER_OTLP_HEADERS"]).unwrap_or_default());
+    // Signal-specific headers override the general ones, key by key.
+    for (k, v) in
+        parse_headers(&env_first(&["OTEL_EXPORTER_OTLP_METRICS_HEADERS"]).unwrap_or_default())
+    {
+        out.retain(|(ok, _)| !ok.eq_ignore_ascii_case(&k));
+        out.push((k, v));
+    }
+    out
+}
+
+impl Transport {
+    fn from_env() -> anyhow::Result<Transport> {
+        let protocol = env_first(&[
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ])
+        .unwrap_or_else(|| "http/protobuf".into());
+        let signal = env_first(&["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]);
+        let general = env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        match protocol.as_str() {
+            "grpc" => {
+                let endpoint = signal
+                    .or(general)
+                    .unwrap_or_else(|| "http://localhost:4317".into());
+                let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+                    .map_err(|e| anyhow::anyhow!("OTLP metrics endpoint {endpoint:?}: {e}"))?
+                    .connect_lazy();
+                Ok(Transport::Grpc {
+                    client: MetricsServiceClient::new(channel),
+                    headers: headers(),
+                })
+            }
+            "http/protobuf" => {
+                // The signal's own endpoint is used as is; the general one
+                // gets the signal's path (OTLP exporter specification).
+                let url = match (signal, general) {
+                    (Some(s), _) => s,
+                    (None, Some(g)) => format!("{}/v1/metrics", g.trim_end_matches('/')),
+                    (None, None) => "http://localhost:4318/v1/metrics".into(),
+                };
+                Ok(Transport::Http {
+                    client: reqwest::Client::new(),
+                    url,
+                    headers: headers(),
+                })
+            }
+            other => anyhow::bail!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported for metrics: use \
+                 \"http/protobuf\" or \"grpc\""
+            ),
+        }
+    }
+
+    async fn send(&mut self, request: ExportMetricsServiceRequest) -> anyhow::Result<()> {
+        match self {
+            Transport::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let mut req = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(request.encode_to_vec());
+                for (k, v) in headers.iter() {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let resp = req.send().await?;
+                if !resp.status().is_success() {
+                    anyhow::bail!("collector answered {}", resp.status());
+                }
+                Ok(())
+            }
+            Transport::Grpc { client, headers } => {
+                let mut req = tonic::Request::new(request);
+                for (k, v) in headers.iter() {
+                    if let (Ok(k), Ok(v)) = (
+                        k.to_ascii_lowercase()
+                            .parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+                        v.parse(),
+                    ) {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                client.export(req).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl MetricsExport {
+    /// Starts pushing if a metrics endpoint is configured (and neither
+    /// `OTEL_SDK_DISABLED` nor `OTEL_METRICS_EXPORTER=none` says otherwise).
+    pub fn start(metrics: Arc<Metrics>) -> anyhow::Result<Option<MetricsExport>> {
+        if !otlp_configured("METRICS") {
+            return Ok(None);
+        }
+        let mut transport = Transport::from_env()?;
+        let interval = env_millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000);
+        let timeout = env_millis("OTEL_METRIC_EXPORT_TIMEOUT", 30_000);
+        let resource = resource_proto();
+        let started = SystemTime::now();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            let mut failing = false;
+            loop {
+                let last = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = &mut stopped => true,
+                };
+                let families = metrics.snapshot();
+                let points = families.iter().map(|f| f.series.len() as u64).sum::<u64>();
+                let request = encode(&families, resource.clone(), started, SystemTime::now());
+                let outcome = tokio::time::timeout(timeout, transport.send(request)).await;
+                let error = match outcome {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("{e:#}")),
+                    Err(_) => Some(format!("no answer within {timeout:?}")),
+                };
+                match error {
+                    Some(e) => {
+                        metrics.telemetry_dropped.with(&["metrics"]).add(points);
+                        // One warning when export starts failing, not one a push.
+                        if !failing {
+                            tracing::warn!("OTLP metrics export failed: {e}");
+                        }
+                        failing = true;
+                    }
+                    None => {
+                        if failing {
+                            tracing::info!("OTLP metrics export recovered");
+                        }
+                        failing = false;
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        Ok(Some(MetricsExport { stop, task }))
+    }
+
+    /// Pushes the final figures and stops.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn resource_proto() -> Resource {
+    let attributes = resource()
+        .iter()
+        .map(|(k, v)| {
+            use opentelemetry::Value;
+            let value = match v {
+                Value::Bool(b) => any_value::Value::BoolValue(*b),
+                Value::I64(i) => any_value::Value::IntValue(*i),
+                Value::F64(f) => any_value::Value::DoubleValue(*f),
+                other => any_value::Value::StringValue(other.to_string()),
+            };
+            KeyValue {
+                key: k.to_string(),
+                value: Some(AnyValue { value: Some(value) }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// A Prometheus label name as the OTel attribute it stands for.
+fn attribute_name(label: &str) -> &str {
+    match label {
+        "http_route" => "http.route",
+        "http_request_method" => "http.request.method",
+        "http_response_status_code" => "http.response.status_code",
+        "server_address" => "server.address",
+        other => other,
+    }
+}
+
+fn string_kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Encodes a snapshot as one OTLP export request.
+pub fn encode(
+    families: &[FamilySnapshot],
+    resource: Resource,
+    start: SystemTime,
+    now: SystemTime,
+) -> ExportMetricsServiceRequest {
+    let (start, now) = (nanos(start), nanos(now));
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let metrics = families
+        .iter()
+        .filter(|f| !f.series.is_empty())
+        .map(|f| {
+            let attrs = |labels: &[(String, String)]| -> Vec<KeyValue> {
+                labels
+                    .iter()
+                    .map(|(k, v)| string_kv(attribute_name(k), v))
+                    .collect()
+            };
+            let numbers = || -> Vec<NumberDataPoint> {
+                f.series
+                    .iter()
+                    .filter_map(|s| match &s.point {
+                        Point::Number(v) => Some(NumberDataPoint {
+                            attributes: attrs(&s.labels),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            value: Some(number_data_point::Value::AsDouble(*v)),
+                            ..Default::default()
+                        }),
+                        Point::Histogram(_) => None,
+                    })
+                    .collect()
+            };
+            let data = match f.kind {
+                Kind::Counter => metric::Data::Sum(Sum {
+                    data_points: numbers(),
+                    aggregation_temporality: cumulative,
+                    is_monotonic: true,
+                }),
+                Kind::Gauge => metric::Data::Gauge(Gauge {
+                    data_points: numbers(),
+                }),
+                Kind::Histogram => metric::Data::Histogram(Histogram {
+                    aggregation_temporality: cumulative,
+                    data_points: f
+                        .series
+                        .iter()
+                        .filter_map(|s| match &s.point {
+                            Point::Histogram(h) => Some(HistogramDataPoint {
+                                attributes: attrs(&s.labels),
+                                start_time_unix_nano: start,
+                                time_unix_nano: now,
+                                count: h.count(),
+                                sum: Some(h.sum),
+                                bucket_counts: h.counts.clone(),
+                                explicit_bounds: h.bounds.clone(),
+                                exemplars: h
+                                    .exemplars
+                                    .iter()
+                                    .flatten()
+                                    .filter_map(|e| {
+                                        Some(Exemplar {
+                                            time_unix_nano: (e.timestamp * 1e9) as u64,
+                                            trace_id: decode_hex(&e.trace_id)?,
+                                            value: Some(exemplar::Value::AsDouble(e.value)),
+                                            ..Default::default()
+                                        })
+                                    })
+                                    .collect(),
+                                ..Default::default()
+                            }),
+                            Point::Number(_) => None,
+                        })
+                        .collect(),
+                }),
+            };
+            Metric {
+                name: f.otel_name.clone(),
+                description: f.help.clone(),
+                unit: f.unit.to_string(),
+                data: Some(data),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: "gantry".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_like_the_specification_says() {
+        assert_eq!(
+            parse_headers("api-key=secret%20value, x-tenant = t1,broken"),
+            vec![
+                ("api-key".to_string(), "secret value".to_string()),
+                ("x-tenant".to_string(), "t1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_encodes_with_otel_names_and_exemplars() {
+        let m = Metrics::new();
+        m.request_duration
+            .with(&["alpha", "/alpha", "GET", "200"])
+            .observe(0.003, Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        m.guest_failures.with(&["broken", "trap"]).inc();
+        let req = encode(
+            &m.snapshot(),
+            Resource::default(),
+            UNIX_EPOCH,
+            SystemTime::now(),
+        );
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let duration = metrics
+            .iter()
+            .find(|m| m.name == "http.server.request.duration")
+            .expect("duration");
+        assert_eq!(duration.unit, "s");
+        let Some(metric::Data::Histogram(h)) = &duration.data else {
+            panic!("not a histogram")
+        };
+        let p = &h.data_points[0];
+        assert_eq!(p.count, 1);
+        assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1);
+        assert!(p.attributes.iter().any(|kv| kv.key == "http.route"));
+        assert_eq!(p.exemplars[0].trace_id.len(), 16);
+        let failures = metrics
+            .iter()
+            .find(|m| m.name == "gantry.guest.failures")
+            .expect("failures");
+        let Some(metric::Data::Sum(s)) = &failures.data else {
+            panic!("not a sum")
+        };
+        assert!(s.is_monotonic);
+        assert_eq!(
+            s.data_points[0].value,
+            Some(number_data_point::Value::AsDouble(1.0))
+        );
+        // Families with no series are left out.
+        assert!(!metrics.iter().any(|m| m.name == "gantry.outbound.denied"));
+    }
+}

@@ -1,0 +1,244 @@
+//! OTLP export of all three signals: metrics pushed to a receiver that
+//! decodes them, and traces, logs and metrics delivered to a real collector
+//! (rotel, installed by scripts/setup.sh) over gRPC and over http/protobuf.
+
+mod common;
+use common::otlp::{Receiver, attr_of};
+use common::*;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::metrics::v1::metric;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_pushed_over_otlp_with_otel_names_and_headers() {
+    wasm("alpha");
+    let rx = Receiver::start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-tenant=team%20a".to_string(),
+        ),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_string()),
+        ("OTEL_TRACES_EXPORTER", "none".to_string()),
+        ("OTEL_SERVICE_NAME", "gantry-metrics-test".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
+    for _ in 0..3 {
+        assert_eq!(get(&g.url("/alpha")).await.status, 200);
+    }
+
+    // The request-duration histogram, counted for the three requests.
+    let count = rx
+        .wait(
+            "http.server.request.duration for /alpha with count 3",
+            |got| {
+                got.metrics
+                    .iter()
+                    .rev()
+                    .filter(|m| m.name == "http.server.request.duration")
+                    .find_map(|m| match &m.data {
+                        Some(metric::Data::Histogram(h)) => h
+                            .data_points
+                            .iter()
+                            .find(|p| {
+                                attr_of(&p.attributes, "http.route").as_deref() == Some("/alpha")
+                                    && p.count == 3
+                            })
+                            .map(|p| p.count),
+                        _ => None,
+                    })
+            },
+        )
+        .await;
+    assert_eq!(count, 3);
+    let got = rx.got.lock().unwrap();
+    let duration = got
+        .metrics
+        .iter()
+        .find(|m| m.name == "http.server.request.duration")
+        .expect("duration");
+    assert_eq!(duration.unit, "s");
+    // alpha's own counter, recorded through wasi:otel, travels too.
+    assert!(
+        got.metrics.iter().any(|m| m.name == "alpha_requests"),
+        "guest metric missing: {:?}",
+        got.metrics.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    assert!(got.services.iter().any(|s| s == "gantry-metrics-test"));
+    let headers = got.last_headers.clone().expect("headers");
+    assert_eq!(headers["x-tenant"], "team a");
+    assert_eq!(headers["content-type"], "application/x-protobuf");
+    // OTEL_TRACES_EXPORTER=none: no spans were sent.
+    assert!(got.spans.is_empty(), "spans exported despite =none");
+}
+
+/// The rotel collector binary that `pip install rotel` ships.
+fn rotel() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("GANTRY_ROTEL") {
+        return p.into();
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && std::path::Path::new(&path).is_file(),
+        "rotel is not installed (scripts/setup.sh installs it with pip): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path.into()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Collector {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    grpc: u16,
+    http: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("rotel.log");
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(rotel())
+            .args(["start", "--exporter", "blackhole"])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args([
+                "--debug-log",
+                "traces",
+                "--debug-log",
+                "logs",
+                "--debug-log",
+                "metrics",
+            ])
+            .args(["--debug-log-verbosity", "detailed"])
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rotel");
+        // Ready once both ports accept connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while [grpc, http]
+            .iter()
+            .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
+        {
+            assert!(Instant::now() < deadline, "rotel did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Collector {
+            child,
+            log,
+            grpc,
+            http,
+            _dir: dir,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_for_all(&self, needles: &[String]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.output();
+            if needles.iter().all(|n| out.contains(n.as_str())) {
+                return out;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<_> = needles
+                    .iter()
+                    .filter(|n| !out.contains(n.as_str()))
+                    .collect();
+                panic!("the collector never printed {missing:?}; it printed:\n{out}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn deliver_all_signals(protocol: &str) {
+    wasm("hello");
+    let collector = Collector::start();
+    let upstream = Upstream::start().await;
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{}", collector.grpc),
+        _ => format!("http://127.0.0.1:{}", collector.http),
+    };
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300".to_string()),
+        ("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
+    // A trace id of its own per protocol, so the two runs cannot be confused.
+    let trace = if protocol == "grpc" {
+        "5af7651916cd43dd8448eb211c80319c"
+    } else {
+        "6af7651916cd43dd8448eb211c80319c"
+    };
+    let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
+    let r = send(
+        "GET",
+        &g.url("/hello"),
+        &[("traceparent", &traceparent)],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let out = collector
+        .wait_for_all(&[
+            // Traces: the server span and the guest span, in the caller's trace.
+            "GET /hello".to_string(),
+            "example-request".to_string(),
+            trace.to_string(),
+            // Logs: hello's stdout line.
+            format!("calling {}", upstream.url()),
+            // Metrics: the request duration histogram.
+            "http.server.request.duration".to_string(),
+        ])
+        .await;
+    assert!(out.contains("gantry.component.id"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_collector_receives_traces_logs_and_metrics_over_grpc() {
+    deliver_all_signals("grpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_collector_receives_traces_logs_and_metrics_over_http() {
+    deliver_all_signals("http/protobuf").await;
+}
