@@ -15,11 +15,14 @@ fi
 rustup target add --toolchain "$toolchain" wasm32-wasip2
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
-# Real peers the tests talk to: Prometheus (server and promtool).
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+# Real peers the tests and benchmarks talk to: Prometheus (server and
+# promtool) and the hey load generator.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+    || ! command -v hey >/dev/null; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        prometheus hey
 fi
 
 # A real OpenTelemetry collector for the OTLP tests (rotel ships its binary

@@ -3,11 +3,9 @@
 //! (rotel, installed by scripts/setup.sh) over gRPC and over http/protobuf.
 
 mod common;
+use common::collector::Collector;
 use common::otlp::{Receiver, attr_of};
 use common::*;
-
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::metrics::v1::metric;
 
@@ -75,113 +73,6 @@ async fn metrics_are_pushed_over_otlp_with_otel_names_and_headers() {
     assert_eq!(headers["content-type"], "application/x-protobuf");
     // OTEL_TRACES_EXPORTER=none: no spans were sent.
     assert!(got.spans.is_empty(), "spans exported despite =none");
-}
-
-/// The rotel collector binary that `pip install rotel` ships.
-fn rotel() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("GANTRY_ROTEL") {
-        return p.into();
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .expect("python3");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        out.status.success() && std::path::Path::new(&path).is_file(),
-        "rotel is not installed (scripts/setup.sh installs it with pip): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path.into()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Collector {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    grpc: u16,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Collector {
-    fn start() -> Collector {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("rotel.log");
-        let (grpc, http) = (free_port(), free_port());
-        let child = Command::new(rotel())
-            .args(["start", "--exporter", "blackhole"])
-            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args([
-                "--debug-log",
-                "traces",
-                "--debug-log",
-                "logs",
-                "--debug-log",
-                "metrics",
-            ])
-            .args(["--debug-log-verbosity", "detailed"])
-            .current_dir(dir.path())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rotel");
-        // Ready once both ports accept connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while [grpc, http]
-            .iter()
-            .any(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_err())
-        {
-            assert!(Instant::now() < deadline, "rotel did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Collector {
-            child,
-            log,
-            grpc,
-            http,
-            _dir: dir,
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_for_all(&self, needles: &[String]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let out = self.output();
-            if needles.iter().all(|n| out.contains(n.as_str())) {
-                return out;
-            }
-            if Instant::now() > deadline {
-                let missing: Vec<_> = needles
-                    .iter()
-                    .filter(|n| !out.contains(n.as_str()))
-                    .collect();
-                panic!("the collector never printed {missing:?}; it printed:\n{out}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn deliver_all_signals(protocol: &str) {

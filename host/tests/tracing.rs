@@ -215,3 +215,34 @@ propagate_trace_context = false
         .expect("upstream was called");
     assert!(headers.get("traceparent").is_none(), "{headers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sampler_comes_from_the_standard_variables() {
+    wasm("alpha");
+    let rx = Receiver::start().await;
+    let mut env = otel_env(&rx);
+    env.push(("OTEL_TRACES_SAMPLER", "always_off".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
+    let traceparent = format!("00-{TRACE}-{CALLER}-01");
+    let r = send(
+        "GET",
+        &g.url("/alpha"),
+        &[("traceparent", &traceparent)],
+        vec![],
+    )
+    .await;
+    // Not sampled: the trace still flows to the guest, flagged unsampled...
+    let seen = r.json()["headers"]["traceparent"]
+        .as_str()
+        .expect("traceparent")
+        .to_string();
+    assert!(
+        seen.starts_with(&format!("00-{TRACE}-")) && seen.ends_with("-00"),
+        "{seen}"
+    );
+    // ...and no span leaves the process (the batch delay is 100 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let spans = rx.got.lock().unwrap().spans.len();
+    assert_eq!(spans, 0, "always_off exported {spans} spans");
+}

@@ -2,6 +2,7 @@
 //! built from `functions/`, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod collector;
 pub mod otlp;
 
 use std::io::{BufRead, BufReader};
@@ -153,6 +154,14 @@ impl Drop for Gantry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// One compile cache for the whole test run, so only the first start compiles.
