@@ -41,7 +41,7 @@ pub fn rotel() -> std::path::PathBuf {
 }
 
 pub struct Collector {
-    child: std::process::Child,
+    pub child: std::process::Child,
     log: std::path::PathBuf,
     pub grpc: u16,
     pub http: u16,
