@@ -22,16 +22,9 @@ async fn guest_output_becomes_otlp_logs_with_the_request_trace() {
         ("OTEL_SERVICE_NAME", "gantry-logs-test".to_string()),
         ("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/hello"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/hello"), &traceparent).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let expected = format!("calling {}", upstream.url());
@@ -78,13 +71,7 @@ async fn json_logs_carry_trace_id_and_component_on_request_lines() {
     wasm("broken");
     let g = Gantry::start(&workspace().join("spin.toml"), &["--log-format", "json"]);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/broken"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/broken"), &traceparent).await;
     assert_eq!(r.status, 500);
     // The trap is logged while the request is handled: give the writer a moment.
     let mut found = None;

@@ -24,7 +24,6 @@ async fn metrics_are_pushed_over_otlp_with_otel_names_and_headers() {
         ("OTEL_TRACES_EXPORTER", "none".to_string()),
         ("OTEL_SERVICE_NAME", "gantry-metrics-test".to_string()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     for _ in 0..3 {
         assert_eq!(get(&g.url("/alpha")).await.status, 200);
@@ -91,7 +90,6 @@ async fn deliver_all_signals(protocol: &str) {
         ("OTEL_METRIC_EXPORT_INTERVAL", "300".to_string()),
         ("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     // A trace id of its own per protocol, so the two runs cannot be confused.
     let trace = if protocol == "grpc" {
@@ -100,13 +98,7 @@ async fn deliver_all_signals(protocol: &str) {
         "6af7651916cd43dd8448eb211c80319c"
     };
     let traceparent = format!("00-{trace}-b7ad6b7169203331-01");
-    let r = send(
-        "GET",
-        &g.url("/hello"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/hello"), &traceparent).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     let out = collector

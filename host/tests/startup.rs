@@ -80,7 +80,7 @@ async fn small_address_space_falls_back_to_on_demand_allocation() {
     cmd.arg("-c")
         .arg("ulimit -v 25165824 && exec \"$0\" \"$@\"")
         .arg(gantry_bin());
-    let g = Gantry::start_with(cmd, &workspace().join("spin.toml"), &[], &[]);
+    let g = Gantry::start_with::<&str, &str>(cmd, &workspace().join("spin.toml"), &[], &[]);
     for _ in 0..3 {
         let r = get(&g.url("/alpha")).await;
         assert_eq!(r.status, 200);

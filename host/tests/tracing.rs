@@ -32,7 +32,6 @@ async fn trace_context_flows_from_caller_through_host_to_upstream() {
     let upstream = Upstream::start().await;
     let mut env = otel_env(&rx);
     env.push(("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
 
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
@@ -110,16 +109,9 @@ async fn the_guest_sees_a_traceparent_naming_the_server_span() {
     wasm("alpha");
     let rx = Receiver::start().await;
     let env = otel_env(&rx);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/alpha"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/alpha"), &traceparent).await;
     let seen = r.json()["headers"]["traceparent"]
         .as_str()
         .expect("traceparent")
@@ -145,16 +137,9 @@ async fn guest_spans_nest_under_the_server_span() {
     wasm("beta");
     let rx = Receiver::start().await;
     let env = otel_env(&rx);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/beta?delay_ms=90"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/beta?delay_ms=90"), &traceparent).await;
     assert_eq!(r.status, 200);
     let server = rx
         .wait_for("server", |s| {
@@ -199,13 +184,7 @@ propagate_trace_context = false
     ));
     let g = Gantry::start(&manifest, &[]);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/hello"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/hello"), &traceparent).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let headers = upstream
         .last_headers
@@ -222,16 +201,9 @@ async fn the_sampler_comes_from_the_standard_variables() {
     let rx = Receiver::start().await;
     let mut env = otel_env(&rx);
     env.push(("OTEL_TRACES_SAMPLER", "always_off".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");
-    let r = send(
-        "GET",
-        &g.url("/alpha"),
-        &[("traceparent", &traceparent)],
-        vec![],
-    )
-    .await;
+    let r = get_traced(&g.url("/alpha"), &traceparent).await;
     // Not sampled: the trace still flows to the guest, flagged unsampled...
     let seen = r.json()["headers"]["traceparent"]
         .as_str()

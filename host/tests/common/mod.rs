@@ -5,6 +5,7 @@
 pub mod collector;
 pub mod otlp;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,21 +61,25 @@ pub struct Gantry {
 impl Gantry {
     /// Starts `gantry up -f manifest` on ephemeral ports, with `extra` flags.
     pub fn start(manifest: &Path, extra: &[&str]) -> Gantry {
-        Self::start_env(manifest, extra, &[])
+        Self::start_env::<&str, &str>(manifest, extra, &[])
     }
 
-    pub fn start_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Gantry {
+    pub fn start_env<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        manifest: &Path,
+        extra: &[&str],
+        env: &[(K, V)],
+    ) -> Gantry {
         Self::start_with(Command::new(gantry_bin()), manifest, extra, env)
     }
 
     /// Starts gantry through `cmd`, which is either the binary itself or a
     /// wrapper (e.g. a shell applying `ulimit`) that execs it with the
     /// arguments appended here.
-    pub fn start_with(
+    pub fn start_with<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         mut cmd: Command,
         manifest: &Path,
         extra: &[&str],
-        env: &[(&str, &str)],
+        env: &[(K, V)],
     ) -> Gantry {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_log = dir.path().join("stderr.log");
@@ -207,6 +212,11 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Vec<u
 
 pub async fn get(url: &str) -> Reply {
     send("GET", url, &[], Vec::new()).await
+}
+
+/// A GET in the caller's trace `traceparent`.
+pub async fn get_traced(url: &str, traceparent: &str) -> Reply {
+    send("GET", url, &[("traceparent", traceparent)], Vec::new()).await
 }
 
 /// A local upstream server that counts the TCP connections it accepts and
