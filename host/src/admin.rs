@@ -1,7 +1,9 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (every
 //! component is loaded and the host is not draining), `/metrics` (Prometheus
-//! text, or OpenMetrics when the scraper asks for it). Kept apart from the
-//! application listener so probes and scrapes never queue behind guests.
+//! text, or OpenMetrics when the scraper asks for it), `/gpio` (the simulated
+//! board's pins and recent changes, JSON) and `/gpio/events` (its changes as
+//! they happen, server-sent events). Kept apart from the application listener
+//! so probes and scrapes never queue behind guests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
+use crate::gpio::Board;
 use crate::server::{full, plain};
 use crate::telemetry::metrics::Metrics;
 
@@ -27,6 +30,8 @@ pub struct AdminState {
     /// Shutting down: stop sending traffic here.
     pub draining: AtomicBool,
     pub metrics: Arc<Metrics>,
+    /// The GPIO board, when one is open.
+    pub board: Option<Arc<dyn Board>>,
 }
 
 impl AdminState {
@@ -62,9 +67,11 @@ impl AdminState {
                 );
                 r
             }
+            "/gpio" => self.gpio_view(),
+            "/gpio/events" => self.gpio_events(),
             "/" => {
                 let mut r = Response::new(full(Bytes::from_static(
-                    b"gantry admin: /healthz /readyz /metrics\n",
+                    b"gantry admin: /healthz /readyz /metrics /gpio /gpio/events\n",
                 )));
                 *r.status_mut() = StatusCode::OK;
                 r
@@ -72,6 +79,79 @@ impl AdminState {
             _ => plain(StatusCode::NOT_FOUND, "Not Found\n"),
         }
     }
+}
+
+impl AdminState {
+    fn sim(&self) -> Option<&crate::gpio::sim::SimBoard> {
+        self.board.as_deref().and_then(|b| b.observe())
+    }
+
+    fn gpio_view(&self) -> Response<WasiBody> {
+        let body = match (&self.board, self.sim()) {
+            (_, Some(sim)) => serde_json::json!({
+                "backend": "sim",
+                "pins": sim.pins(),
+                "events": sim.history(),
+            }),
+            (Some(b), None) => serde_json::json!({
+                "backend": b.name(),
+                "observable": false,
+            }),
+            (None, None) => return plain(StatusCode::NOT_FOUND, "no GPIO board\n"),
+        };
+        json_response(body.to_string())
+    }
+
+    /// Every pin change as a server-sent event; the first event is the
+    /// current state of every pin.
+    fn gpio_events(&self) -> Response<WasiBody> {
+        let Some(sim) = self.sim() else {
+            return plain(StatusCode::NOT_FOUND, "the GPIO board is not observable\n");
+        };
+        use futures::StreamExt as _;
+        let rx = sim.subscribe();
+        let first = format!(
+            "event: pins\ndata: {}\n\n",
+            serde_json::to_string(&sim.pins()).unwrap_or_default()
+        );
+        let first = futures::stream::once(async move { Bytes::from(first) });
+        let changes = futures::stream::unfold(rx, |mut rx| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let text = match rx.recv().await {
+                Ok(ev) => format!(
+                    "event: change\ndata: {}\n\n",
+                    serde_json::to_string(&ev).unwrap_or_default()
+                ),
+                // A slow watcher misses changes, and is told how many.
+                Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {n}\n\n"),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Bytes::from(text), rx))
+        });
+        let frames = first
+            .chain(changes)
+            .map(|b| Ok::<_, wasmtime_wasi_http::Error>(http_body::Frame::data(b)));
+        let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(frames));
+        let mut r = Response::new(body);
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-cache"),
+        );
+        r
+    }
+}
+
+fn json_response(body: String) -> Response<WasiBody> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// Serves the admin endpoints until the process exits.

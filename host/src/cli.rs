@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::{self, AdminState};
+use crate::capabilities::gpio::GpioHost;
+use crate::gpio;
 use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
@@ -106,6 +108,11 @@ pub struct UpArgs {
     /// Never use the pooling allocator (allocate instances on demand).
     #[arg(long)]
     pub no_pooling: bool,
+
+    /// GPIO backend: `sim` (in memory, watched at the admin listener's /gpio)
+    /// or `rppal` (a Raspberry Pi's pins; fails at start anywhere else).
+    #[arg(long, value_enum, default_value = "sim", env = "GANTRY_GPIO")]
+    pub gpio: gpio::Backend,
 
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -299,10 +306,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
+    // The board first: a Pi backend off a Pi fails here, before anything loads.
+    let board = gpio::open(args.gpio)?;
     let metrics = Arc::new(Metrics::new());
     let tracer = Arc::new(Tracing::init(&metrics)?);
+    let gpio_host = Arc::new(GpioHost::new(board.clone(), metrics.clone()));
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
+        board: Some(board),
         ..AdminState::default()
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
@@ -319,6 +330,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     let runtime = Arc::new(Runtime::new(config)?);
     let live = load_live(&runtime, app, &args.app)?;
+    for (id, spec) in &live.app.components {
+        gpio_host.claim(id, &spec.gpio)?;
+    }
     let cached = live
         .slots
         .iter()
@@ -352,6 +366,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             max_instance_memory: args.max_instance_memory,
             queue_timeout: args.queue_timeout,
         },
+        gpio_host,
     ));
     let metrics_export = MetricsExport::start(metrics_handle)?;
     admin_state.ready.store(true, Ordering::Relaxed);

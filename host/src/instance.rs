@@ -20,6 +20,7 @@ use wasmtime_wasi_http::handler::Prepared;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::ComponentCaps;
+use crate::capabilities::gpio::{GpioHost, GpioState, GpioView};
 use crate::capabilities::otel::{GuestTelemetry, OtelView};
 use crate::capabilities::outbound_http::OutboundHooks;
 use crate::capabilities::stdio::GuestOutput;
@@ -36,6 +37,7 @@ pub struct HostState {
     hooks: OutboundHooks,
     limits: MemoryLimiter,
     pub(crate) variables: ComponentVariables,
+    gpio: GpioState,
 }
 
 impl WasiView for HostState {
@@ -65,10 +67,14 @@ impl HostState {
     pub(crate) fn otel(&mut self) -> OtelView<'_> {
         OtelView(&mut self.hooks.guest)
     }
+
+    pub(crate) fn gpio(&mut self) -> GpioView<'_> {
+        GpioView(&mut self.gpio)
+    }
 }
 
 impl HostState {
-    fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle) -> Self {
+    fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle, gpio: Arc<GpioHost>) -> Self {
         let mut wasi = WasiCtxBuilder::new();
         let span = {
             use opentelemetry::trace::TraceContextExt;
@@ -110,6 +116,7 @@ impl HostState {
                 peak: 0,
             },
             variables: caps.variables.clone(),
+            gpio: GpioState::new(gpio, caps.gpio.clone(), caps.id.clone()),
         }
     }
 }
@@ -176,6 +183,7 @@ pub struct Call {
     /// The instance slot this call occupies until its store is dropped.
     pub permit: tokio::sync::OwnedSemaphorePermit,
     pub trace: TraceHandle,
+    pub gpio: Arc<GpioHost>,
 }
 
 /// Calls the component's handler for one request.
@@ -191,10 +199,11 @@ pub async fn invoke(
         max_memory,
         permit,
         trace,
+        gpio,
     } = call;
     let deadline = Instant::now() + timeout;
     let metrics = trace.metrics.clone();
-    let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace));
+    let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace, gpio));
     store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
     // Every tick, a guest that is running yields to the executor (so one busy
     // guest cannot starve others on its thread) and past its deadline traps.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod builder;
 pub mod capabilities;
 pub mod cli;
+pub mod gpio;
 pub mod instance;
 pub mod manifest;
 pub mod router;

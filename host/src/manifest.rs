@@ -11,6 +11,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+mod gpio;
+pub use gpio::{GpioGrant, MAX_BCM};
+
 use crate::capabilities::outbound_http::HostPattern;
 use crate::capabilities::variables::{self, Template};
 
@@ -106,6 +109,8 @@ pub struct ComponentSpec {
     pub variables: BTreeMap<String, Template>,
     pub build: Option<BuildSpec>,
     pub gantry: GantrySettings,
+    /// Pins granted by `tool.gantry.gpio`, by label.
+    pub gpio: Vec<GpioGrant>,
 }
 
 /// One `allowed_outbound_hosts` entry: parsed now when it is literal, or kept as a
@@ -144,6 +149,11 @@ pub struct GantrySettings {
     /// requests (default true). Turn off when callees must not learn trace ids.
     #[serde(default)]
     pub propagate_trace_context: Option<bool>,
+    /// Pins granted to this component; read with their locations by
+    /// [`gpio`] into [`ComponentSpec::gpio`].
+    #[serde(default)]
+    #[allow(dead_code)]
+    gpio: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,7 +345,10 @@ fn parse_with(path: &Path, text: &str, check_sources: bool) -> Result<App, LoadE
         }
     };
     let mut errors = Vec::new();
-    let app = ctx.validate(raw, &mut errors);
+    let mut app = ctx.validate(raw, &mut errors);
+    if let Some(app) = app.as_mut() {
+        ctx.gpio_grants(app, &mut errors);
+    }
     match app {
         Some(app) if errors.is_empty() => Ok(app),
         _ => Err(LoadError::Invalid(errors)),
@@ -779,6 +792,7 @@ impl<'a> Ctx<'a> {
             variables: comp_vars,
             build,
             gantry,
+            gpio: Vec::new(),
         })
     }
 

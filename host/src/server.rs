@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
+use crate::capabilities::gpio::GpioHost;
 use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::spin_headers;
 use crate::runtime::{LiveApp, Runtime};
@@ -48,6 +49,7 @@ pub struct AppServer {
     pub limits: Limits,
     permits: Arc<Semaphore>,
     pub in_flight: AtomicU64,
+    pub gpio: Arc<GpioHost>,
 }
 
 impl AppServer {
@@ -57,6 +59,7 @@ impl AppServer {
         metrics: Arc<Metrics>,
         live: LiveApp,
         limits: Limits,
+        gpio: Arc<GpioHost>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(runtime.config().pool_size as usize));
         record_component_info(&metrics, &live);
@@ -68,6 +71,7 @@ impl AppServer {
             limits,
             permits,
             in_flight: AtomicU64::new(0),
+            gpio,
         }
     }
 
@@ -243,6 +247,7 @@ impl AppServer {
                 metrics: self.metrics.clone(),
                 cx: cx.clone(),
             },
+            gpio: self.gpio.clone(),
         };
         let result = instance::invoke(self.runtime.engine(), call, request).await;
         if overflow.load(Ordering::Relaxed) {

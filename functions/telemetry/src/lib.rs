@@ -21,7 +21,7 @@ mod bindings {
     });
 }
 
-use bindings::wasi::clocks::wall_clock::Datetime;
+use bindings::wasi::clocks0_2_0::wall_clock::Datetime;
 use bindings::wasi::otel::{logs, metrics as wm, tracing as wt, types};
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};

@@ -3,6 +3,7 @@
 //! state and its linker registration. Nothing is ambient: a component gets
 //! only what its manifest entry grants.
 
+pub mod gpio;
 pub mod otel;
 pub mod outbound_http;
 pub mod stdio;
@@ -42,6 +43,8 @@ pub struct ComponentCaps {
     pub timeout: Option<Duration>,
     /// Inject trace context into outbound requests.
     pub propagate_trace_context: bool,
+    /// GPIO pins granted, by label.
+    pub gpio: Arc<gpio::GpioGrants>,
 }
 
 impl ComponentCaps {
@@ -90,6 +93,7 @@ impl ComponentCaps {
                 .collect(),
             timeout: spec.gantry.timeout_ms.map(Duration::from_millis),
             propagate_trace_context: spec.gantry.propagate_trace_context.unwrap_or(true),
+            gpio: Arc::new(gpio::GpioGrants::new(&spec.gpio)),
         })
     }
 }
@@ -104,5 +108,6 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         variables::ConfigView(&s.variables)
     })?;
     otel::add_to_linker(linker, HostState::otel)?;
+    gpio::add_to_linker(linker, HostState::gpio)?;
     Ok(())
 }

@@ -207,6 +207,12 @@ pub struct Metrics {
     pub component_info: Family<Gauge>,
     /// When each component's current version was loaded (Unix seconds).
     pub component_loaded: Family<Gauge>,
+    /// GPIO operations by component, label and operation (`safe` counts
+    /// outputs returned to their safe level when an instance ended).
+    pub gpio_operations: Family<Counter>,
+    /// GPIO calls refused because the label is not granted, by component and
+    /// operation (the label is the guest's choice, so it is no label here).
+    pub gpio_denied: Family<Counter>,
     /// Telemetry items that could not be delivered, by signal.
     pub telemetry_dropped: Family<Counter>,
     /// Spans dropped by the trace exporter (kept by the exporter, read here).
@@ -305,6 +311,8 @@ impl Metrics {
             outbound_denied: Family::new(&["component", "server_address"], Counter::default),
             component_info: Family::new(&["component", "digest", "wasi_http"], Gauge::default),
             component_loaded: Family::new(&["component"], Gauge::default),
+            gpio_operations: Family::new(&["component", "label", "operation"], Counter::default),
+            gpio_denied: Family::new(&["component", "operation"], Counter::default),
             telemetry_dropped: Family::new(&["signal"], Counter::default),
             dropped_spans: Arc::new(AtomicU64::new(0)),
             guest: RwLock::new(HashMap::new()),
@@ -550,6 +558,22 @@ impl Metrics {
                 "When each component's current version was loaded.",
                 Kind::Gauge,
                 self.component_loaded.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_gpio_operations",
+                "gantry.gpio.operations",
+                "{operation}",
+                "GPIO operations by component, label and operation (safe: returned to the safe level when an instance ended).",
+                Kind::Counter,
+                self.gpio_operations.series(Counter::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_gpio_denied",
+                "gantry.gpio.denied",
+                "{operation}",
+                "GPIO calls refused because the label is not granted to the component.",
+                Kind::Counter,
+                self.gpio_denied.series(Counter::point),
             ),
         ];
         self.snapshot_guest(&mut out);
