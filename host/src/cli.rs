@@ -280,6 +280,22 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             }
         );
     }
+    let granted: Vec<_> = app
+        .components
+        .values()
+        .filter(|c| !c.gpio.is_empty())
+        .collect();
+    if !granted.is_empty() {
+        println!("GPIO grants:");
+        for c in granted {
+            let pins: Vec<String> = c
+                .gpio
+                .iter()
+                .map(|g| format!("{}=BCM{} {}", g.label, g.pin, g.mode.name()))
+                .collect();
+            println!("  {:<12} {}", c.id, pins.join(", "));
+        }
+    }
     println!("Routes:");
     for t in &app.triggers {
         match &t.route {

@@ -30,6 +30,14 @@ pub enum PinMode {
 }
 
 impl PinMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PinMode::Input => "input",
+            PinMode::Output => "output",
+            PinMode::Pwm => "pwm",
+        }
+    }
+
     pub fn drives(self) -> bool {
         !matches!(self, PinMode::Input)
     }

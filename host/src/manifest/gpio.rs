@@ -251,7 +251,7 @@ impl Ctx<'_> {
                                  two components cannot share a pin that one of them drives",
                                 g.pin,
                                 other.label,
-                                mode_name(other.mode)
+                                other.mode.name()
                             ),
                         });
                     }
@@ -262,13 +262,5 @@ impl Ctx<'_> {
                 }
             }
         }
-    }
-}
-
-fn mode_name(m: PinMode) -> &'static str {
-    match m {
-        PinMode::Input => "input",
-        PinMode::Output => "output",
-        PinMode::Pwm => "pwm",
     }
 }
