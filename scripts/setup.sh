@@ -9,20 +9,27 @@ cd "$(dirname "$0")/.."
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup toolchain list | grep -q "^${toolchain}"; then
     rustup toolchain install "$toolchain" --profile minimal \
-        --component rustfmt --component clippy --target wasm32-wasip2
+        --component rustfmt --component clippy --target wasm32-wasip2 \
+        --target aarch64-unknown-linux-gnu
 fi
-# An existing toolchain may lack the target or components.
-rustup target add --toolchain "$toolchain" wasm32-wasip2
+# An existing toolchain may lack the targets or components.
+rustup target add --toolchain "$toolchain" wasm32-wasip2 aarch64-unknown-linux-gnu
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
 # Real peers the tests and benchmarks talk to: Prometheus (server and
-# promtool) and the hey load generator.
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-    || ! command -v hey >/dev/null; then
+# promtool), the hey load generator and headless Chromium; and the arm64
+# cross toolchain and emulator for the Raspberry Pi build.
+need=()
+for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium \
+    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+[ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
+if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-        prometheus hey
+        $(printf '%s\n' "${need[@]}" | sort -u)
 fi
 
 # A real OpenTelemetry collector for the OTLP tests (rotel ships its binary

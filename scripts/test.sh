@@ -1,12 +1,32 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, lints, the example
 # functions' build, unit tests and the integration tests that start the real
-# host on 127.0.0.1.
+# host on 127.0.0.1, then the Raspberry Pi build: the host cross-compiled for
+# arm64 with the rppal backend, run under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all --check
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
-cargo clippy --locked --release -p gantry --all-targets -- -D warnings
+cargo clippy --locked --release -p gantry --all-targets --features rppal -- -D warnings
 cargo clippy --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry -- -D warnings
 cargo test --locked --release -p gantry
+
+# arm64 (Raspberry Pi) host: built with rppal, it runs under emulation, checks
+# the example app, and refuses --gpio rppal off a Pi with a clear message.
+cargo build --locked --release --target aarch64-unknown-linux-gnu -p gantry
+arm=target/aarch64-unknown-linux-gnu/release/gantry
+qemu=(qemu-aarch64-static -L /usr/aarch64-linux-gnu)
+"${qemu[@]}" "$arm" --version
+"${qemu[@]}" "$arm" check -f spin.toml --no-cache
+if out=$("${qemu[@]}" "$arm" up --gpio rppal -f spin.toml \
+    --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 2>&1); then
+    echo "arm64: gantry up --gpio rppal started off a Raspberry Pi" >&2
+    exit 1
+fi
+if ! grep -q "no Raspberry Pi" <<<"$out"; then
+    echo "arm64: --gpio rppal failed without the 'no Raspberry Pi' message:" >&2
+    echo "$out" >&2
+    exit 1
+fi
+echo "arm64: --gpio rppal refused off a Pi: $(grep -m1 'no Raspberry Pi' <<<"$out")"
