@@ -20,6 +20,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::gpio::Board;
 use crate::server::{full, plain};
+use crate::swap::{SwapError, Swapper};
 use crate::telemetry::metrics::Metrics;
 
 /// What the admin endpoints report on.
@@ -32,10 +33,97 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The GPIO board, when one is open.
     pub board: Option<Arc<dyn Board>>,
+    /// Component swaps and rollbacks, once the application serves.
+    pub swapper: std::sync::OnceLock<Arc<Swapper>>,
+    /// Bearer token that mutating calls must carry; without one they are
+    /// only possible because the listener is on loopback.
+    pub token: Option<String>,
 }
 
+/// Largest component a `PUT /components/{id}` takes.
+const MAX_UPLOAD: usize = 256 << 20;
+
 impl AdminState {
-    fn handle(&self, req: &Request<Incoming>) -> Response<WasiBody> {
+    /// Routes the calls that change or list components; the rest are
+    /// answered by [`AdminState::handle_read`].
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<WasiBody> {
+        let path = req.uri().path().to_string();
+        if path != "/components" && !path.starts_with("/components/") {
+            return self.handle_read(&req);
+        }
+        let Some(swapper) = self.swapper.get().cloned() else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "loading\n");
+        };
+        let rest: Vec<&str> = path
+            .trim_start_matches("/components")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let method = req.method().clone();
+        match (&method, rest.as_slice()) {
+            (&http::Method::GET, []) => json_response(components_json(&swapper).to_string()),
+            (&http::Method::PUT, [id]) | (&http::Method::POST, [id, "rollback"]) => {
+                if let Some(denied) = self.authorize(&req) {
+                    return denied;
+                }
+                let id = id.to_string();
+                let result = if method == http::Method::PUT {
+                    match read_limited(req.into_body(), MAX_UPLOAD).await {
+                        Some(bytes) => swapper.replace(&id, bytes, "admin").await,
+                        None => {
+                            return plain(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "Payload Too Large: a component is at most 256 MiB\n",
+                            );
+                        }
+                    }
+                } else {
+                    swapper.rollback(&id).await
+                };
+                match result {
+                    Ok(s) => json_response(serde_json::to_string(&s).unwrap_or_default()),
+                    Err(e) => {
+                        let status = match e {
+                            SwapError::UnknownComponent(_) => StatusCode::NOT_FOUND,
+                            SwapError::NoPrevious(_) => StatusCode::CONFLICT,
+                            _ => StatusCode::UNPROCESSABLE_ENTITY,
+                        };
+                        let mut r = json_response(
+                            serde_json::json!({ "error": e.to_string() }).to_string(),
+                        );
+                        *r.status_mut() = status;
+                        r
+                    }
+                }
+            }
+            _ => plain(StatusCode::NOT_FOUND, "Not Found\n"),
+        }
+    }
+
+    /// `None` when the call may go ahead; the 401 otherwise.
+    fn authorize(&self, req: &Request<Incoming>) -> Option<Response<WasiBody>> {
+        let token = self.token.as_deref()?;
+        let given = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        let mut r = plain(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: a bearer token is required\n",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        Some(r)
+    }
+
+    fn handle_read(&self, req: &Request<Incoming>) -> Response<WasiBody> {
         match req.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok\n"),
             "/readyz" => {
@@ -71,7 +159,7 @@ impl AdminState {
             "/gpio/events" => self.gpio_events(),
             "/" => {
                 let mut r = Response::new(full(Bytes::from_static(
-                    b"gantry admin: /healthz /readyz /metrics /gpio /gpio/events\n",
+                    b"gantry admin: /healthz /readyz /metrics /components /gpio /gpio/events\n",
                 )));
                 *r.status_mut() = StatusCode::OK;
                 r
@@ -145,6 +233,50 @@ impl AdminState {
     }
 }
 
+/// What is serving: every component with its version and swap history.
+fn components_json(swapper: &Swapper) -> serde_json::Value {
+    let live = swapper.live();
+    let list: Vec<serde_json::Value> = live
+        .slots
+        .iter()
+        .map(|slot| {
+            let v = slot.current.load();
+            let loaded_at = v
+                .loaded
+                .loaded_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            serde_json::json!({
+                "id": &*slot.id,
+                "source": v.loaded.source.display().to_string(),
+                "digest": v.loaded.digest,
+                "wasi_http": v.loaded.world.to_string(),
+                "size": v.loaded.size,
+                "loaded_at": loaded_at,
+                "swaps": slot.swaps.load(Ordering::Relaxed),
+                "previous_digest": slot.previous.load().as_ref().map(|p| p.loaded.digest.clone()),
+                "last_error": slot.error(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "components": list })
+}
+
+/// The body, or `None` past `limit` bytes (or when the client broke off).
+async fn read_limited(body: Incoming, limit: usize) -> Option<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let b = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()?;
+    Some(b.to_bytes().to_vec())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn json_response(body: String) -> Response<WasiBody> {
     let mut r = Response::new(full(Bytes::from(body)));
     r.headers_mut().insert(
@@ -170,7 +302,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         let state = state.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(state.handle(&req)) }
+            async move { Ok::<_, std::convert::Infallible>(state.handle(req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -17,6 +17,21 @@ use crate::gpio;
 use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
+use crate::swap::Swapper;
+
+/// How often `--watch` looks at the files; a change is acted on once a file
+/// has been still for this long.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The manifest file itself, when given its folder.
+fn manifest_path(p: &Path) -> PathBuf {
+    let p = if p.is_dir() {
+        p.join("spin.toml")
+    } else {
+        p.to_path_buf()
+    };
+    std::path::absolute(&p).unwrap_or(p)
+}
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::otlp_metrics::MetricsExport;
 use crate::telemetry::trace::Tracing;
@@ -82,6 +97,16 @@ pub struct UpArgs {
     /// Run each component's build command before serving.
     #[arg(long)]
     pub build: bool,
+
+    /// Swap a component in when its `.wasm` changes, and re-read spin.toml
+    /// when it changes (routes and components added, removed, replaced).
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Bearer token for the admin listener's mutating calls (component swap
+    /// and rollback). Required when --admin-listen is not a loopback address.
+    #[arg(long, env = "GANTRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 
     /// Longest a request may take before the guest is stopped with a 504
     /// (e.g. 30s, 500ms, 2m).
@@ -322,6 +347,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
+    if !args.admin_listen.ip().is_loopback() && args.admin_token.is_none() {
+        bail!(
+            "--admin-listen {} is not a loopback address: set --admin-token (or \
+             GANTRY_ADMIN_TOKEN) so that only its holder can swap components",
+            args.admin_listen
+        );
+    }
     // The board first: a Pi backend off a Pi fails here, before anything loads.
     let board = gpio::open(args.gpio)?;
     let metrics = Arc::new(Metrics::new());
@@ -330,6 +362,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         board: Some(board),
+        token: args.admin_token.clone(),
         ..AdminState::default()
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
@@ -372,7 +405,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let metrics_handle = metrics.clone();
     let server = Arc::new(AppServer::new(
-        runtime,
+        runtime.clone(),
         tracer.clone(),
         metrics,
         live,
@@ -385,6 +418,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         gpio_host,
     ));
     let metrics_export = MetricsExport::start(metrics_handle)?;
+    let swapper = Arc::new(Swapper::new(
+        runtime.clone(),
+        server.clone(),
+        manifest_path(&args.app.manifest),
+        args.app.variables.iter().cloned().collect(),
+    ));
+    let _ = admin_state.swapper.set(swapper.clone());
+    let _watcher = args.watch.then(|| {
+        tracing::info!("watching spin.toml and every component's source for changes");
+        swapper.clone().watch(WATCH_INTERVAL)
+    });
     admin_state.ready.store(true, Ordering::Relaxed);
     let drain_state = admin_state.clone();
     let shutdown = async move {

@@ -16,4 +16,5 @@ pub mod manifest;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod swap;
 pub mod telemetry;

@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -103,6 +103,11 @@ pub enum ComponentError {
         "{path} exports no HTTP handler: expected `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x`"
     )]
     NoHandler { path: PathBuf },
+}
+
+/// `sha256:<hex>` of a component's bytes: what identifies a version.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// A compiled, linked, type-checked component version.
@@ -219,7 +224,7 @@ impl Runtime {
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(ComponentError::CoreModule { path: path_buf });
         }
-        let digest = format!("sha256:{:x}", Sha256::digest(bytes));
+        let digest = digest(bytes);
         let (component, from_cache) = self.compile_cached(bytes, &digest, path)?;
 
         let instance_pre =
@@ -417,6 +422,33 @@ pub struct Version {
 pub struct ComponentSlot {
     pub id: Arc<str>,
     pub current: ArcSwap<Version>,
+    /// The version the last swap replaced: what a rollback restores.
+    pub previous: ArcSwapOption<Version>,
+    /// Swaps (and rollbacks) done, and why the last refused one was refused.
+    pub swaps: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl ComponentSlot {
+    pub fn new(id: &str, version: Version) -> Self {
+        ComponentSlot {
+            id: Arc::from(id),
+            current: ArcSwap::from_pointee(version),
+            previous: ArcSwapOption::empty(),
+            swaps: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = error;
+        }
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 /// One application version: its manifest, routes and component slots.
@@ -453,6 +485,18 @@ pub fn load_app(
     app: App,
     variable_overrides: &BTreeMap<String, String>,
 ) -> Result<LiveApp, Vec<AppError>> {
+    load_app_over(runtime, app, variable_overrides, None)
+}
+
+/// Like [`load_app`], for a new version of the manifest while `old` serves:
+/// a component whose `.wasm` is unchanged keeps its compiled version, and a
+/// component that stays keeps its swap history.
+pub fn load_app_over(
+    runtime: &Runtime,
+    app: App,
+    variable_overrides: &BTreeMap<String, String>,
+    old: Option<&LiveApp>,
+) -> Result<LiveApp, Vec<AppError>> {
     let mut errors = Vec::new();
     let values = match crate::capabilities::variables::resolve_app_variables(
         &app.variables,
@@ -480,16 +524,39 @@ pub fn load_app(
                 continue;
             }
         };
-        match runtime.load(id, &spec.source) {
+        let before = old.and_then(|o| o.slot(id));
+        let loaded = match std::fs::read(&spec.source) {
+            Err(source) => Err(ComponentError::Read {
+                path: spec.source.clone(),
+                source,
+            }),
+            Ok(bytes) => {
+                let digest = digest(&bytes);
+                let current = before.map(|s| s.current.load_full());
+                match current {
+                    Some(v) if v.loaded.digest == digest && v.loaded.source == spec.source => {
+                        Ok(v.loaded.clone())
+                    }
+                    _ => runtime.load_bytes(id, &spec.source, &bytes).map(Arc::new),
+                }
+            }
+        };
+        match loaded {
             Ok(loaded) => {
                 index.insert(id.clone(), slots.len());
-                slots.push(Arc::new(ComponentSlot {
-                    id: Arc::from(id.as_str()),
-                    current: ArcSwap::from_pointee(Version {
-                        loaded: Arc::new(loaded),
+                let slot = ComponentSlot::new(
+                    id,
+                    Version {
+                        loaded,
                         caps: Arc::new(caps),
-                    }),
-                }));
+                    },
+                );
+                if let Some(b) = before {
+                    slot.previous.store(b.previous.load_full());
+                    slot.swaps
+                        .store(b.swaps.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                slots.push(Arc::new(slot));
             }
             Err(e) => errors.push(AppError {
                 location: spec.source_location.clone(),

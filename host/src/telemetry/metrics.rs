@@ -207,6 +207,9 @@ pub struct Metrics {
     pub component_info: Family<Gauge>,
     /// When each component's current version was loaded (Unix seconds).
     pub component_loaded: Family<Gauge>,
+    /// Component swaps by component and result (ok, refused, rollback;
+    /// manifest reloads with an empty component).
+    pub component_swaps: Family<Counter>,
     /// GPIO operations by component, label and operation (`safe` counts
     /// outputs returned to their safe level when an instance ended).
     pub gpio_operations: Family<Counter>,
@@ -311,6 +314,7 @@ impl Metrics {
             outbound_denied: Family::new(&["component", "server_address"], Counter::default),
             component_info: Family::new(&["component", "digest", "wasi_http"], Gauge::default),
             component_loaded: Family::new(&["component"], Gauge::default),
+            component_swaps: Family::new(&["component", "result"], Counter::default),
             gpio_operations: Family::new(&["component", "label", "operation"], Counter::default),
             gpio_denied: Family::new(&["component", "operation"], Counter::default),
             telemetry_dropped: Family::new(&["signal"], Counter::default),
@@ -558,6 +562,14 @@ impl Metrics {
                 "When each component's current version was loaded.",
                 Kind::Gauge,
                 self.component_loaded.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_component_swaps",
+                "gantry.component.swaps",
+                "{swap}",
+                "Component swaps by result (ok, refused, rollback, manifest_ok, manifest_refused).",
+                Kind::Counter,
+                self.component_swaps.series(Counter::point),
             ),
             FamilySnapshot::of(
                 "gantry_gpio_operations",
