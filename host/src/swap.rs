@@ -30,7 +30,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, Status, Tracer as _};
 
 use crate::manifest;
-use crate::runtime::{self, LiveApp, Runtime, Version};
+use crate::runtime::{self, ComponentSlot, LiveApp, Runtime, Version};
 use crate::server::{AppServer, record_component_info};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,16 @@ impl Swapper {
         self.server.live.load_full()
     }
 
+    /// The live table and the slot of `id` in it.
+    fn slot(&self, id: &str) -> Result<(Arc<LiveApp>, Arc<ComponentSlot>), SwapError> {
+        let live = self.live();
+        let slot = live
+            .slot(id)
+            .ok_or_else(|| SwapError::UnknownComponent(id.to_string()))?
+            .clone();
+        Ok((live, slot))
+    }
+
     fn count(&self, id: &str, result: &str) {
         self.server
             .metrics
@@ -116,11 +126,7 @@ impl Swapper {
         trigger: &'static str,
     ) -> Result<Swapped, SwapError> {
         let _one = self.lock.lock().await;
-        let live = self.live();
-        let slot = live
-            .slot(id)
-            .ok_or_else(|| SwapError::UnknownComponent(id.to_string()))?
-            .clone();
+        let (live, slot) = self.slot(id)?;
         let current = slot.current.load_full();
         let mut span = self.span("component.swap", id, trigger);
         let started = Instant::now();
@@ -181,11 +187,7 @@ impl Swapper {
     /// new "previous", so a second rollback undoes the first).
     pub async fn rollback(&self, id: &str) -> Result<Swapped, SwapError> {
         let _one = self.lock.lock().await;
-        let live = self.live();
-        let slot = live
-            .slot(id)
-            .ok_or_else(|| SwapError::UnknownComponent(id.to_string()))?
-            .clone();
+        let (live, slot) = self.slot(id)?;
         let Some(previous) = slot.previous.load_full() else {
             return Err(SwapError::NoPrevious(id.to_string()));
         };
