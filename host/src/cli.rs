@@ -398,10 +398,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    print_routes(&live, addr, admin_addr);
     if live.router.entries().is_empty() {
         bail!("the application has no public routes");
     }
+    let routes_text = routes_text(&live, addr, admin_addr);
 
     let metrics_handle = metrics.clone();
     let server = Arc::new(AppServer::new(
@@ -430,6 +430,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         swapper.clone().watch(WATCH_INTERVAL)
     });
     admin_state.ready.store(true, Ordering::Relaxed);
+    // Announced once every admin call works, so whoever waits for this line
+    // (a test, a script) can use all of them.
+    print!("{routes_text}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let drain_state = admin_state.clone();
     let shutdown = async move {
         signals.recv().await;
@@ -447,10 +451,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_routes(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) {
-    println!("Serving http://{addr}");
-    println!("Admin {}", admin::describe(admin));
-    println!("Available Routes:");
+fn routes_text(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "Serving http://{addr}");
+    let _ = writeln!(out, "Admin {}", admin::describe(admin));
+    let _ = writeln!(out, "Available Routes:");
     for e in live.router.entries() {
         let (path, suffix) = if e.is_wildcard() {
             (e.prefix().to_string(), " (wildcard)")
@@ -458,8 +464,9 @@ fn print_routes(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) {
             (e.raw.clone(), "")
         };
         let path = if path.is_empty() { "/".into() } else { path };
-        println!("  {}: http://{addr}{path}{suffix}", e.component);
+        let _ = writeln!(out, "  {}: http://{addr}{path}{suffix}", e.component);
     }
+    out
 }
 
 /// Ctrl-C and (on Unix) SIGTERM, registered up front.
