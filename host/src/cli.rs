@@ -19,10 +19,6 @@ use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
 use crate::server::{self, AppServer, Limits};
 use crate::swap::Swapper;
 
-/// How often `--watch` looks at the files; a change is acted on once a file
-/// has been still for this long.
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-
 /// The manifest file itself, when given its folder.
 fn manifest_path(p: &Path) -> PathBuf {
     let p = if p.is_dir() {
@@ -102,6 +98,11 @@ pub struct UpArgs {
     /// when it changes (routes and components added, removed, replaced).
     #[arg(long)]
     pub watch: bool,
+
+    /// How often --watch looks at the files; a change is acted on once the
+    /// file has been still for one interval (e.g. 200ms, 1s).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub watch_interval: Duration,
 
     /// Bearer token for the admin listener's mutating calls (component swap
     /// and rollback). Required when --admin-listen is not a loopback address.
@@ -339,6 +340,8 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Installed first, so that SIGTERM while loading still shuts down cleanly.
     let signals = ShutdownSignals::install()?;
+    // Taken before reading it, so `--watch` sees an edit made while loading.
+    let manifest_seen = crate::swap::signature(&manifest_path(&args.app.manifest));
     let app = load_manifest(&args.app.manifest, !args.build)?;
     let app = if args.build {
         crate::builder::build_all(&app)?;
@@ -427,7 +430,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _ = admin_state.swapper.set(swapper.clone());
     let _watcher = args.watch.then(|| {
         tracing::info!("watching spin.toml and every component's source for changes");
-        swapper.clone().watch(WATCH_INTERVAL)
+        swapper.clone().watch(args.watch_interval, manifest_seen)
     });
     admin_state.ready.store(true, Ordering::Relaxed);
     // Announced once every admin call works, so whoever waits for this line

@@ -274,10 +274,22 @@ impl Swapper {
     }
 
     /// Watches the manifest and every component's source until the process
-    /// ends, swapping what changes.
-    pub fn watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// ends, swapping what changes. `manifest_seen` is the manifest's
+    /// signature from before it was read at start.
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        manifest_seen: Signature,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut files: HashMap<PathBuf, Watched> = HashMap::new();
+        files.insert(
+            self.manifest.clone(),
+            Watched {
+                applied: manifest_seen,
+                seen: manifest_seen,
+            },
+        );
         tokio::spawn(async move {
-            let mut files: HashMap<PathBuf, Watched> = HashMap::new();
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -294,19 +306,30 @@ impl Swapper {
                 files.retain(|p, _| targets.contains(p));
                 for path in targets {
                     let now = signature(&path);
+                    // A component file seen for the first time may have
+                    // changed since it was loaded: it is checked once (by
+                    // digest, so an unchanged file is not swapped).
                     let w = files.entry(path.clone()).or_insert(Watched {
-                        applied: now,
+                        applied: None,
                         seen: now,
                     });
                     if now == w.applied {
                         w.seen = now;
                         continue;
                     }
-                    if now != w.seen {
-                        // Still changing: look again next tick.
+                    // Settled when unchanged since the last tick, or last
+                    // written at least one interval ago (a finished file
+                    // renamed into place): acting then saves a tick.
+                    let settled = now == w.seen
+                        || now.is_some_and(|(_, mtime, _, _)| {
+                            mtime.elapsed().is_ok_and(|age| age >= interval)
+                        });
+                    if !settled {
+                        // Still being written: look again next tick.
                         w.seen = now;
                         continue;
                     }
+                    w.seen = now;
                     w.applied = now;
                     if now.is_none() {
                         // Gone (mid-rename, or deleted): keep serving what runs.
@@ -345,7 +368,7 @@ impl Swapper {
 }
 
 /// What identifies one version of a file without reading it.
-type Signature = Option<(u64, SystemTime, u64, u64)>;
+pub type Signature = Option<(u64, SystemTime, u64, u64)>;
 
 struct Watched {
     /// The signature last acted on.
@@ -354,7 +377,7 @@ struct Watched {
     seen: Signature,
 }
 
-fn signature(path: &Path) -> Signature {
+pub fn signature(path: &Path) -> Signature {
     // `metadata` follows symlinks: a ConfigMap's `..data` swap changes the inode.
     let m = std::fs::metadata(path).ok()?;
     #[cfg(unix)]

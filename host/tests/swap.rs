@@ -472,11 +472,21 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_answering() {
         ("core module", core_module, "core WebAssembly module"),
         ("wrong exports", wrong_exports, "incoming-handler"),
         ("unknown import", unknown_import, "does not provide"),
-        ("not wasm", b"#!/bin/sh\necho hi\n".to_vec(), "not a WebAssembly"),
+        (
+            "not wasm",
+            b"#!/bin/sh\necho hi\n".to_vec(),
+            "not a WebAssembly",
+        ),
     ];
     let (k, v) = auth();
     for (what, bytes, says) in &cases {
-        let r = send("PUT", &g.admin_url("/components/svc"), &[(k, &v)], bytes.clone()).await;
+        let r = send(
+            "PUT",
+            &g.admin_url("/components/svc"),
+            &[(k, &v)],
+            bytes.clone(),
+        )
+        .await;
         assert_eq!(r.status, 422, "{what}: {}", r.text());
         let error = r.json()["error"].as_str().unwrap_or_default().to_string();
         assert!(error.contains(says), "{what}: {error}");
@@ -505,7 +515,10 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_answering() {
         if refused == Some(cases.len() as f64 + 1.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "truncated file not refused: {metrics}");
+        assert!(
+            Instant::now() < deadline,
+            "truncated file not refused: {metrics}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(svc_state(&g).await["digest"], before["digest"]);
@@ -521,8 +534,14 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_answering() {
         outcomes.extend(h.await.expect("load client"));
     }
     let failures = outcomes.iter().filter(|o| o.route.is_err()).count();
-    assert_eq!(failures, 0, "requests failed while broken versions were refused");
-    assert!(g.stderr().contains("swap refused; the old version keeps serving"));
+    assert_eq!(
+        failures, 0,
+        "requests failed while broken versions were refused"
+    );
+    assert!(
+        g.stderr()
+            .contains("swap refused; the old version keeps serving")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -533,7 +552,13 @@ async fn rollback_restores_the_previous_digest() {
     let (k, v) = auth();
     let original = svc_state(&g).await;
 
-    let r = send("POST", &g.admin_url("/components/svc/rollback"), &[(k, &v)], vec![]).await;
+    let r = send(
+        "POST",
+        &g.admin_url("/components/svc/rollback"),
+        &[(k, &v)],
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 409, "nothing to roll back to yet: {}", r.text());
 
     let r = send(
@@ -549,16 +574,31 @@ async fn rollback_restores_the_previous_digest() {
     assert_eq!(swapped["previous_digest"], original["digest"]);
     assert_eq!(get(&g.url("/svc?delay_ms=0")).await.json()["route"], "beta");
 
-    let r = send("POST", &g.admin_url("/components/svc/rollback"), &[(k, &v)], vec![]).await;
+    let r = send(
+        "POST",
+        &g.admin_url("/components/svc/rollback"),
+        &[(k, &v)],
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["digest"], original["digest"]);
     let back = svc_state(&g).await;
     assert_eq!(back["digest"], original["digest"], "{back}");
     assert_eq!(back["previous_digest"], swapped["digest"], "{back}");
-    assert_eq!(get(&g.url("/svc?delay_ms=0")).await.json()["route"], "alpha");
+    assert_eq!(
+        get(&g.url("/svc?delay_ms=0")).await.json()["route"],
+        "alpha"
+    );
 
     // A second rollback undoes the first.
-    let r = send("POST", &g.admin_url("/components/svc/rollback"), &[(k, &v)], vec![]).await;
+    let r = send(
+        "POST",
+        &g.admin_url("/components/svc/rollback"),
+        &[(k, &v)],
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&g.url("/svc?delay_ms=0")).await.json()["route"], "beta");
 
@@ -571,7 +611,13 @@ async fn rollback_restores_the_previous_digest() {
         Some(2.0),
         "{metrics}"
     );
-    let r = send("PUT", &g.admin_url("/components/nope"), &[(k, &v)], vec![0; 8]).await;
+    let r = send(
+        "PUT",
+        &g.admin_url("/components/nope"),
+        &[(k, &v)],
+        vec![0; 8],
+    )
+    .await;
     assert_eq!(r.status, 404, "{}", r.text());
 }
 
@@ -599,13 +645,22 @@ async fn mutating_admin_calls_without_the_token_get_401() {
     // Nothing changed, and reading needs no token.
     let state = svc_state(&g).await;
     assert_eq!(state["swaps"], 0, "{state}");
-    assert_eq!(get(&g.url("/svc?delay_ms=0")).await.json()["route"], "alpha");
+    assert_eq!(
+        get(&g.url("/svc?delay_ms=0")).await.json()["route"],
+        "alpha"
+    );
 
     // Starting with the admin listener off loopback and no token is refused.
     let out = std::process::Command::new(gantry_bin())
         .args(["up", "-f"])
         .arg(&manifest)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0", "--no-cache"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--no-cache",
+        ])
         .env_remove("GANTRY_ADMIN_TOKEN")
         .output()
         .expect("run gantry");
@@ -689,7 +744,11 @@ async fn spin_toml_changes_add_and_remove_routes_without_a_restart() {
     std::fs::write(&manifest, "spin_manifest_version = 2\n[application\n").expect("write");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !g.stderr().contains("manifest refused") {
-        assert!(Instant::now() < deadline, "no refusal logged:\n{}", g.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            g.stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(g.stderr().contains("spin.toml:2"), "{}", g.stderr());
@@ -702,7 +761,10 @@ async fn spin_toml_changes_add_and_remove_routes_without_a_restart() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     two_route_manifest(&manifest, false);
     await_status(&g, "/b?delay_ms=0", 404).await;
-    assert!(!slow.is_finished(), "the slow request should still be running");
+    assert!(
+        !slow.is_finished(),
+        "the slow request should still be running"
+    );
     assert_eq!(get(&g.url("/a")).await.json()["route"], "alpha");
     let r = slow.await.expect("slow request");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -715,4 +777,61 @@ async fn spin_toml_changes_add_and_remove_routes_without_a_restart() {
             .any(|l| l.starts_with("gantry_component_info{") && l.contains(r#"component="b""#)),
         "a removed component is no longer reported: {metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_and_refusals_are_spans() {
+    use common::otlp::{Receiver, attr_of};
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = svc_manifest(dir.path(), &wasm("alpha"));
+    let g = Gantry::start_env(
+        &manifest,
+        &["--admin-token", TOKEN],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+    );
+    let (k, v) = auth();
+    let url = g.admin_url("/components/svc");
+    let r = send("PUT", &url, &[(k, &v)], versions()[1].0.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let digest = r.json()["digest"].as_str().unwrap_or_default().to_string();
+    let r = send(
+        "PUT",
+        &url,
+        &[(k, &v)],
+        b"\0asm\x0d\0\x01\0garbage".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = send("POST", &format!("{url}/rollback"), &[(k, &v)], vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let ok = rx
+        .wait_for("swap", |s| {
+            s.name == "component.swap"
+                && attr_of(&s.attributes, "gantry.component.digest").as_deref()
+                    == Some(digest.as_str())
+        })
+        .await;
+    assert_eq!(
+        attr_of(&ok.attributes, "gantry.component.id").as_deref(),
+        Some("svc")
+    );
+    assert_eq!(
+        attr_of(&ok.attributes, "gantry.swap.trigger").as_deref(),
+        Some("admin")
+    );
+    let refused = rx
+        .wait_for("refused swap", |s| {
+            s.name == "component.swap" && s.status.as_ref().is_some_and(|st| st.code == 2)
+        })
+        .await;
+    let message = refused.status.map(|s| s.message).unwrap_or_default();
+    assert!(message.contains("does not compile"), "{message}");
+    rx.wait_for("rollback", |s| s.name == "component.rollback")
+        .await;
 }
