@@ -38,6 +38,8 @@ pub struct AdminState {
     /// Bearer token that mutating calls must carry; without one they are
     /// only possible because the listener is on loopback.
     pub token: Option<String>,
+    /// Mutating calls are off altogether.
+    pub read_only: bool,
 }
 
 /// Largest component a `PUT /components/{id}` takes.
@@ -102,6 +104,12 @@ impl AdminState {
 
     /// `None` when the call may go ahead; the 401 otherwise.
     fn authorize(&self, req: &Request<Incoming>) -> Option<Response<WasiBody>> {
+        if self.read_only {
+            return Some(plain(
+                StatusCode::FORBIDDEN,
+                "Forbidden: this admin listener is read-only (--admin-read-only)\n",
+            ));
+        }
         let token = self.token.as_deref()?;
         let given = req
             .headers()

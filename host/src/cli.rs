@@ -109,6 +109,11 @@ pub struct UpArgs {
     #[arg(long, env = "GANTRY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Turn the admin listener's mutating calls off (they answer 403): what
+    /// a probe- and scrape-only admin port needs, on any address, with no token.
+    #[arg(long, env = "GANTRY_ADMIN_READ_ONLY", conflicts_with = "admin_token")]
+    pub admin_read_only: bool,
+
     /// Longest a request may take before the guest is stopped with a 504
     /// (e.g. 30s, 500ms, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -350,10 +355,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
-    if !args.admin_listen.ip().is_loopback() && args.admin_token.is_none() {
+    if !args.admin_listen.ip().is_loopback() && args.admin_token.is_none() && !args.admin_read_only
+    {
         bail!(
             "--admin-listen {} is not a loopback address: set --admin-token (or \
-             GANTRY_ADMIN_TOKEN) so that only its holder can swap components",
+             GANTRY_ADMIN_TOKEN) so that only its holder can swap components, or \
+             --admin-read-only to turn swapping through the admin listener off",
             args.admin_listen
         );
     }
@@ -366,6 +373,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         board: Some(board),
         token: args.admin_token.clone(),
+        read_only: args.admin_read_only,
         ..AdminState::default()
     });
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
