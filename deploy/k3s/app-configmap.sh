@@ -1,0 +1,20 @@
+#!/bin/sh
+# Prints the example app as two ConfigMaps for deploy/k3s (one ConfigMap is
+# capped at 1 MiB): `gantry-app` (spin.toml and the traced examples) and
+# `gantry-app-robot` (the robot). Components go in as binaryData.
+#   deploy/k3s/app-configmap.sh | kubectl apply -f -
+# Applying it again after a rebuild hot-swaps what changed in every pod
+# (Gantry runs with --watch; the kubelet refreshes the volume within a minute).
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+namespace=${NAMESPACE:-gantry}
+kubectl=${KUBECTL:-kubectl}
+app=$(mktemp -d)
+trap 'rm -rf "$app"' EXIT
+"$here/../stage-app.sh" "$app"
+"$kubectl" create configmap gantry-app --namespace "$namespace" --dry-run=client -o yaml \
+    --from-file="$app/spin.toml" --from-file="$app/hello.wasm" --from-file="$app/alpha.wasm" \
+    --from-file="$app/beta.wasm" --from-file="$app/broken.wasm"
+echo "---"
+"$kubectl" create configmap gantry-app-robot --namespace "$namespace" --dry-run=client -o yaml \
+    --from-file="$app/robot.wasm"
