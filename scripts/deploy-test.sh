@@ -70,4 +70,32 @@ python3 scripts/validate-manifests.py "$out"/*.yaml deploy/k3s/*.yaml \
 # The app folder the image and the ConfigMaps carry loads as it is.
 deploy/stage-app.sh "$out/app"
 target/release/gantry check -f "$out/app/spin.toml" --no-cache >/dev/null
-echo "deploy: chart, manifests and app folder check out"
+
+# The load test runs against the real host serving that folder: a short
+# headless locust run must make requests and see no failure.
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+target/release/gantry up -f "$out/app/spin.toml" --listen "127.0.0.1:$port" \
+    --admin-listen 127.0.0.1:0 --no-cache >"$out/gantry.out" 2>"$out/gantry.err" &
+gantry_pid=$!
+trap 'kill $gantry_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    grep -q "^Serving" "$out/gantry.out" && break
+    sleep 0.2
+done
+locust -f deploy/loadtest/locustfile.py --host "http://127.0.0.1:$port" --headless \
+    -u 20 -r 20 -t 5s --only-summary --csv "$out/locust" >"$out/locust.log" 2>&1
+python3 - "$out/locust_stats.csv" <<'PY'
+import csv, sys
+rows = {r["Name"]: r for r in csv.DictReader(open(sys.argv[1]))}
+total = rows["Aggregated"]
+requests, failures = int(total["Request Count"]), int(total["Failure Count"])
+print(f"locust: {requests} requests, {failures} failures, "
+      f"{float(total['Requests/s']):.0f} req/s, p99 {total['99%']} ms")
+assert requests > 0 and failures == 0, rows
+for name in ["/alpha", "/beta?delay_ms=50", "/broken", "/robot/"]:
+    assert int(rows[name]["Request Count"]) > 0, name
+PY
+kill -TERM $gantry_pid
+wait $gantry_pid
+trap - EXIT
+echo "deploy: chart, manifests, app folder and load test check out"
