@@ -2,7 +2,8 @@
 # Runs every check and test of the project: formatting, lints, the example
 # functions' build, unit tests and the integration tests that start the real
 # host on 127.0.0.1, then the Raspberry Pi build: the host cross-compiled for
-# arm64 with the rppal backend, run under qemu.
+# arm64 with the rppal backend, run under qemu; then the deployment checks and
+# the container image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +31,9 @@ if ! grep -q "no Raspberry Pi" <<<"$out"; then
     exit 1
 fi
 echo "arm64: --gpio rppal refused off a Pi: $(grep -m1 'no Raspberry Pi' <<<"$out")"
+
+# Deployment: the Helm chart, k3s, KEDA and Argo CD objects against their
+# schemas, the load test against the real host; then the container image,
+# built with buildah and run under podman.
+scripts/deploy-test.sh
+scripts/image-test.sh
