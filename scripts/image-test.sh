@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 triple=x86_64-unknown-linux-musl
-cargo build --locked --release --target "$triple" -p gantry --features rppal
+cargo build --locked --profile dist --target "$triple" -p gantry --features rppal
 rm -rf target/image-app
 deploy/stage-app.sh target/image-app
 
 storage=(--storage-driver vfs)
 image=localhost/gantry:ci
+buildah "${storage[@]}" rmi --prune >/dev/null 2>&1 || true
 buildah "${storage[@]}" bud --isolation chroot -q -f deploy/Dockerfile \
     --build-arg BINARY_FROM=prebuilt --build-arg TRIPLE="$triple" -t "$image" .
 
@@ -47,4 +48,5 @@ status=$("${podman[@]}" inspect --format '{{.State.ExitCode}}' "$name")
 logs=$("${podman[@]}" logs "$name" 2>&1)
 [ "$status" = 0 ] || { echo "exit code $status; logs:"; echo "$logs"; exit 1; } >&2
 grep -q "draining in-flight requests" <<<"$logs"
-echo "image: built, served a request as 65532 on a read-only root, drained, exit 0"
+size=$(buildah "${storage[@]}" images --format '{{.Size}}' "$image" | head -1)
+echo "image ($size, gantry $(du -h target/$triple/dist/gantry | cut -f1)): built, served a request as 65532 on a read-only root, drained, exit 0"
