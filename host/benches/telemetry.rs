@@ -13,101 +13,11 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use common::collector::Collector;
 use common::*;
-use std::process::Command;
-
-struct Figures {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    responses: u64,
-    errors: u64,
-    /// CPU the host spent per response, and the collector (on runs only).
-    host_cpu_us: f64,
-    collector_cpu_us: f64,
-}
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `hey` against `url` and reads its summary.
-fn hey(url: &str, seconds: u64, concurrency: u64) -> Figures {
-    let out = Command::new("hey")
-        .args([
-            "-z",
-            &format!("{seconds}s"),
-            "-c",
-            &concurrency.to_string(),
-            url,
-        ])
-        .output()
-        .expect("hey (apt-get install hey; scripts/setup.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let number_after = |label: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // Status lines look like "  [200]	12345 responses".
-    let by_status: Vec<(bool, u64)> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('['))
-        .filter_map(|l| {
-            let (code, rest) = l.split_once(']')?;
-            Some((code == "200", rest.split_whitespace().next()?.parse().ok()?))
-        })
-        .collect();
-    Figures {
-        rps: number_after("Requests/sec:"),
-        p50_ms: number_after("50% in") * 1000.0,
-        p99_ms: number_after("99% in") * 1000.0,
-        responses: by_status.iter().map(|(_, n)| n).sum(),
-        errors: by_status.iter().filter(|(ok, _)| !ok).map(|(_, n)| n).sum(),
-        host_cpu_us: 0.0,
-        collector_cpu_us: 0.0,
-    }
-}
-
-/// CPU time (user + system) a process has used, in microseconds.
-fn cpu_us(pid: u32) -> f64 {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses.
-            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            let utime: f64 = rest.get(11)?.parse().ok()?;
-            let stime: f64 = rest.get(12)?.parse().ok()?;
-            Some(utime + stime)
-        })
-        .unwrap_or(0.0);
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz * 1e6
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
+use support::*;
 
 fn main() {
     // `cargo bench` passes --bench; a plain `cargo test` of benches must not run it.
@@ -156,10 +66,10 @@ fn main() {
             let mut f = hey(&g.url("/alpha"), seconds, concurrency);
             let n = f.responses.max(1) as f64;
             f.host_cpu_us = (cpu_us(g.child.id()) - host0) / n;
-            f.collector_cpu_us = (cpu_us(collector.child.id()) - coll0) / n;
+            f.peer_cpu_us = (cpu_us(collector.child.id()) - coll0) / n;
             println!(
                 "{name:<14} {round:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>12.1} {:>14.1}",
-                f.rps, f.p50_ms, f.p99_ms, f.errors, f.host_cpu_us, f.collector_cpu_us
+                f.rps, f.p50_ms, f.p99_ms, f.errors, f.host_cpu_us, f.peer_cpu_us
             );
             results[i].push(f);
         }
@@ -186,7 +96,7 @@ fn main() {
     );
     println!(
         "collector (same machine, same cores) CPU per request while exporting: {:.1} us",
-        med(0, |f| f.collector_cpu_us)
+        med(0, |f| f.peer_cpu_us)
     );
     let dropped = rt.block_on(async {
         let text = get(&on.admin_url("/metrics")).await.text();

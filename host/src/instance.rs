@@ -203,18 +203,7 @@ pub async fn invoke(
     } = call;
     let deadline = Instant::now() + timeout;
     let metrics = trace.metrics.clone();
-    let mut store = Store::new(engine, HostState::new(&caps, max_memory, trace, gpio));
-    store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
-    // Every tick, a guest that is running yields to the executor (so one busy
-    // guest cannot starve others on its thread) and past its deadline traps.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let mut store = new_store(engine, &caps, max_memory, trace, gpio, deadline);
 
     let (tx, rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -287,6 +276,58 @@ pub async fn invoke(
             Err(InvokeError::Timeout(timeout))
         }
     }
+}
+
+/// The store one request gets: its host state, memory limit and deadline.
+fn new_store(
+    engine: &Engine,
+    caps: &ComponentCaps,
+    max_memory: u64,
+    trace: TraceHandle,
+    gpio: Arc<GpioHost>,
+    deadline: Instant,
+) -> Store<HostState> {
+    let mut store = Store::new(engine, HostState::new(caps, max_memory, trace, gpio));
+    store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
+    // Every tick, a guest that is running yields to the executor (so one busy
+    // guest cannot starve others on its thread) and past its deadline traps.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// What every request pays before its handler runs: a fresh store with the
+/// request's host state, and an instance of `loaded` in it. The guest is not
+/// called; the store (and its pool slot) is released before this returns.
+/// Returns how long the store and the instance took to set up (the release
+/// not included). The instantiation benchmark
+/// (`cargo bench -p gantry --bench micro`) times it.
+pub async fn instantiate_only(
+    engine: &Engine,
+    loaded: &LoadedComponent,
+    caps: &ComponentCaps,
+    max_memory: u64,
+    trace: TraceHandle,
+    gpio: Arc<GpioHost>,
+) -> Result<Duration, InvokeError> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    let mut store = new_store(engine, caps, max_memory, trace, gpio, deadline);
+    let instance = loaded
+        .pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(classify_instantiation)?;
+    let took = started.elapsed();
+    drop(instance);
+    drop(store);
+    Ok(took)
 }
 
 fn classify_instantiation(e: wasmtime::Error) -> InvokeError {

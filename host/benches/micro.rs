@@ -1,0 +1,392 @@
+//! The small figures behind a request and a start:
+//! - instantiation: a fresh store with the request's host state plus an
+//!   instance from the pool (p50/p99), and the same with the store dropped;
+//! - router lookup with 10 and with 1,000 routes;
+//! - start to first response of the example app with a cold and a warm
+//!   compile cache, and its idle RSS;
+//! - idle RSS with 1 to 500 components (distinct copies of `plain`, each
+//!   compiled on its own), and what each added component costs.
+//!
+//! Figures, not assertions: `scripts/bench.sh` runs it, or
+//! `cargo bench -p gantry --bench micro`. `GANTRY_BENCH_INSTANCES` (default
+//! 20000) sets how many instantiations are timed.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::*;
+
+use gantry::capabilities::gpio::GpioHost;
+use gantry::instance::{TraceHandle, instantiate_only};
+use gantry::router::Router;
+use gantry::runtime::{Runtime, RuntimeConfig, load_app};
+use gantry::telemetry::metrics::Metrics;
+use gantry::telemetry::trace::Tracing;
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn instantiation(rt: &tokio::runtime::Runtime, count: usize) {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(shared_cache_dir()),
+        ..RuntimeConfig::default()
+    })
+    .expect("engine");
+    println!(
+        "instantiation (pooling allocator: {}), {count} in a row per component:",
+        runtime.uses_pooling()
+    );
+    let (_dir, manifest) = write_manifest(
+        r#"spin_manifest_version = 2
+[application]
+name = "micro"
+[[trigger.http]]
+route = "/plain"
+component = "plain"
+[component.plain]
+source = "{wasm}/plain.wasm"
+[[trigger.http]]
+route = "/alpha"
+component = "alpha"
+[component.alpha]
+source = "{wasm}/alpha.wasm"
+[[trigger.http]]
+route = "/hello"
+component = "hello"
+[component.hello]
+source = "{wasm}/hello.wasm"
+"#,
+    );
+    wasm("plain");
+    let app = gantry::manifest::load(&manifest).expect("manifest");
+    let live = load_app(&runtime, app, &BTreeMap::new()).unwrap_or_else(|errors| {
+        panic!(
+            "load: {}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+    let metrics = Arc::new(Metrics::new());
+    let tracing = Arc::new(Tracing::disabled());
+    let board = gantry::gpio::open(gantry::gpio::Backend::Sim).expect("sim board");
+    let gpio = Arc::new(GpioHost::new(board, metrics.clone()));
+    for slot in &live.slots {
+        let version = slot.current.load_full();
+        let run = |n: usize| {
+            let mut inst = Vec::with_capacity(n);
+            let mut whole = Vec::with_capacity(n);
+            rt.block_on(async {
+                for _ in 0..n {
+                    let trace = TraceHandle {
+                        tracing: tracing.clone(),
+                        metrics: metrics.clone(),
+                        cx: opentelemetry::Context::new(),
+                    };
+                    let started = Instant::now();
+                    let took = instantiate_only(
+                        runtime.engine(),
+                        &version.loaded,
+                        &version.caps,
+                        128 << 20,
+                        trace,
+                        gpio.clone(),
+                    )
+                    .await
+                    .expect("instantiate");
+                    whole.push(micros(started.elapsed()));
+                    inst.push(micros(took));
+                }
+            });
+            inst.sort_by(f64::total_cmp);
+            whole.sort_by(f64::total_cmp);
+            (inst, whole)
+        };
+        run(count / 10); // warm-up
+        let (inst, whole) = run(count);
+        println!(
+            "  {:<6} ({:>4} KiB, {}) store + instantiate: p50 {:>6.1} us  p99 {:>6.1} us | \
+             with the store dropped: p50 {:>6.1} us  p99 {:>6.1} us",
+            slot.id,
+            version.loaded.size / 1024,
+            version.loaded.world,
+            quantile(&inst, 0.5),
+            quantile(&inst, 0.99),
+            quantile(&whole, 0.5),
+            quantile(&whole, 0.99),
+        );
+    }
+}
+
+/// Routes of every kind Spin has, `n` in all.
+fn routes(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let route = match i % 4 {
+                0 => format!("/svc{i}"),
+                1 => format!("/svc{i}/..."),
+                2 => format!("/api/v1/items{i}/:id"),
+                _ => format!("/static/{i}/assets/..."),
+            };
+            (route, format!("c{i}"))
+        })
+        .collect()
+}
+
+fn router_lookup() {
+    println!("router lookup (ns per lookup over a mix of hits and misses; 200 batches of 10,000):");
+    let mut per_size = Vec::new();
+    for n in [10usize, 1000] {
+        let table = routes(n);
+        let router = Router::build(
+            table
+                .iter()
+                .enumerate()
+                .map(|(i, (r, c))| (r.as_str(), c.as_str(), i)),
+        );
+        let paths: Vec<String> = (0..64)
+            .map(|k| {
+                let i = (k * 7919) % n;
+                match k % 5 {
+                    0 => format!("/svc{i}"),
+                    1 => format!("/svc{i}/a/b/c"),
+                    2 => format!("/api/v1/items{i}/42"),
+                    3 => format!("/static/{i}/assets/app.js"),
+                    _ => format!("/missing/{k}"),
+                }
+            })
+            .collect();
+        let mut hits = 0usize;
+        let mut batches = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            for j in 0..10_000 {
+                if router
+                    .route(std::hint::black_box(&paths[j % paths.len()]))
+                    .is_some()
+                {
+                    hits += 1;
+                }
+            }
+            batches.push(started.elapsed().as_secs_f64() * 1e9 / 10_000.0);
+        }
+        batches.sort_by(f64::total_cmp);
+        println!(
+            "  {n:>5} routes: p50 {:>6.1} ns  p99 {:>6.1} ns  ({} of {} lookups matched)",
+            quantile(&batches, 0.5),
+            quantile(&batches, 0.99),
+            hits,
+            200 * 10_000
+        );
+        per_size.push(quantile(&batches, 0.5));
+    }
+    println!(
+        "  1,000 routes / 10 routes: {:.2}x",
+        per_size[1] / per_size[0]
+    );
+}
+
+/// A `gantry up` started for timing: fixed ports, no stdout reading.
+struct Started {
+    child: Child,
+    to_first_response: Duration,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET over a fresh connection; the status, or `None` if not answered.
+fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Starts `gantry up` and times it until `path` answers 200.
+fn start_timed(manifest: &Path, cache: &Path, path: &str) -> Started {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let mut child = Command::new(gantry_bin())
+        .arg("up")
+        .arg("-f")
+        .arg(manifest)
+        .args(["--listen", &addr.to_string(), "--admin-listen", &admin])
+        .arg("--cache-dir")
+        .arg(cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry");
+    loop {
+        if status_of(addr, path) == Some(200) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("gantry exited while starting: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "gantry did not answer {path} within 10 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Started {
+        to_first_response: started.elapsed(),
+        child,
+    }
+}
+
+/// Resident memory once the process has settled after start.
+fn idle_rss_kib(s: &Started) -> u64 {
+    std::thread::sleep(Duration::from_millis(1500));
+    rss_kib(s.child.id())
+}
+
+fn start_up() {
+    let manifest = workspace().join("spin.toml");
+    wasm("robot");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cold = start_timed(&manifest, cache.path(), "/alpha");
+    let cold_time = cold.to_first_response;
+    drop(cold);
+    let mut warm = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..5 {
+        let s = start_timed(&manifest, cache.path(), "/alpha");
+        warm.push(s.to_first_response.as_secs_f64() * 1e3);
+        rss.push(idle_rss_kib(&s) as f64);
+    }
+    let app = gantry::manifest::load(&manifest).expect("example manifest");
+    println!(
+        "start to first response, example app ({} components; spin.toml):",
+        app.components.len()
+    );
+    println!(
+        "  cold compile cache: {:>7.1} ms\n  warm compile cache: {:>7.1} ms (median of 5; min {:.1}, max {:.1})",
+        cold_time.as_secs_f64() * 1e3,
+        median(warm.clone()),
+        warm.iter().cloned().fold(f64::INFINITY, f64::min),
+        warm.iter().cloned().fold(0.0, f64::max),
+    );
+    println!(
+        "idle RSS, example app: {:.1} MiB (median of 5)",
+        median(rss) / 1024.0
+    );
+}
+
+/// `plain` with a custom section naming `i` appended: the same code, another
+/// digest, so each copy is compiled and kept on its own.
+fn distinct_copy(plain: &[u8], i: usize) -> Vec<u8> {
+    let name = b"gantry-bench-copy";
+    let payload = i.to_le_bytes();
+    let mut section = Vec::new();
+    leb128(&mut section, name.len());
+    section.extend_from_slice(name);
+    section.extend_from_slice(&payload);
+    let mut out = plain.to_vec();
+    out.push(0); // custom section id
+    leb128(&mut out, section.len());
+    out.extend_from_slice(&section);
+    out
+}
+
+fn leb128(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn many_components() {
+    let plain = std::fs::read(wasm("plain")).expect("plain.wasm");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let max = 500;
+    let mut sources = Vec::new();
+    for i in 0..max {
+        let path = dir.path().join(format!("c{i}.wasm"));
+        std::fs::write(&path, distinct_copy(&plain, i)).expect("write copy");
+        sources.push(path);
+    }
+    let manifest_for = |n: usize| -> PathBuf {
+        let mut text =
+            String::from("spin_manifest_version = 2\n[application]\nname = \"many\"\n");
+        for (i, source) in sources.iter().take(n).enumerate() {
+            text.push_str(&format!(
+                "[[trigger.http]]\nroute = \"/c{i}\"\ncomponent = \"c{i}\"\n\
+                 [component.c{i}]\nsource = \"{}\"\n",
+                source.display()
+            ));
+        }
+        let path = dir.path().join(format!("spin-{n}.toml"));
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    };
+    // One cache for the copies, kept between runs: the first run compiles
+    // all 500 (minutes on two cores), later ones only load them.
+    let cache = workspace().join("target/bench-cache/many");
+    let _ = std::fs::create_dir_all(&cache);
+    let prime = start_timed(&manifest_for(max), &cache, "/c0");
+    println!(
+        "{max} components, first start (compiles what the cache lacks): {:.1} s",
+        prime.to_first_response.as_secs_f64()
+    );
+    drop(prime);
+    println!("idle RSS by component count (distinct copies of plain, warm cache):");
+    let mut last: Option<(usize, f64)> = None;
+    for n in [1usize, 100, 250, 500] {
+        let s = start_timed(&manifest_for(n), &cache, &format!("/c{}", n - 1));
+        let rss = idle_rss_kib(&s) as f64 / 1024.0;
+        let step = last
+            .map(|(m, r)| format!("  +{:.1} KiB per added component", (rss - r) * 1024.0 / (n - m) as f64))
+            .unwrap_or_default();
+        println!(
+            "  {n:>4} components: {rss:>7.1} MiB, start to first response {:>7.1} ms{step}",
+            s.to_first_response.as_secs_f64() * 1e3
+        );
+        last = Some((n, rss));
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test` of benches must not run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let count = env_num("GANTRY_BENCH_INSTANCES", 20_000) as usize;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    instantiation(&rt, count);
+    println!();
+    router_lookup();
+    println!();
+    start_up();
+    println!();
+    many_components();
+}
