@@ -212,7 +212,13 @@ source = "{}"
     for s in &subjects {
         let reply = rt.block_on(get(&s.url));
         assert_eq!(reply.status, 200, "{} answered {}", s.name, reply.status);
-        assert_eq!(&reply.body[..], BODY, "{} answered {:?}", s.name, reply.text());
+        assert_eq!(
+            &reply.body[..],
+            BODY,
+            "{} answered {:?}",
+            s.name,
+            reply.text()
+        );
     }
 
     println!("same component for every wasm run: {}", plain.display());

@@ -319,13 +319,13 @@ pub async fn instantiate_only(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(10);
     let mut store = new_store(engine, caps, max_memory, trace, gpio, deadline);
-    let instance = loaded
+    loaded
         .pre
         .instantiate_async(&mut store)
         .await
         .map_err(classify_instantiation)?;
     let took = started.elapsed();
-    drop(instance);
+    // The instance lives in the store: dropping the store releases both.
     drop(store);
     Ok(took)
 }

@@ -39,6 +39,9 @@ pub struct RuntimeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Use the pooling allocator if the probe allows it.
     pub pooling: bool,
+    /// Bytes of each pooled memory and table kept resident (reset in place)
+    /// when an instance is released; see `--pool-keep-resident`.
+    pub keep_resident: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -48,6 +51,7 @@ impl Default for RuntimeConfig {
             max_instance_memory: 128 << 20,
             cache_dir: default_cache_dir(),
             pooling: true,
+            keep_resident: 0,
         }
     }
 }
@@ -353,6 +357,17 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     p.max_tables_per_component(TABLES_PER_COMPONENT);
     p.max_memory_size(cfg.max_instance_memory as usize);
     p.total_stacks(n);
+    // Handing a released instance's pages back with madvise costs a TLB
+    // shootdown across the CPUs the process runs on, and the next request
+    // faults each page back in. Keeping pages resident trades that for a
+    // reset in place (PAGEMAP_SCAN on Linux 6.7+ limits it to present
+    // pages). Measured with `plain` on 2 cores the reset cost more than it
+    // saved (scripts/bench.sh), so the default keeps nothing; guests that
+    // touch few pages of a large memory may gain from it.
+    let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
+    p.linear_memory_keep_resident(keep);
+    p.table_keep_resident(keep);
+    p.pagemap_scan(wasmtime::Enabled::Auto);
     p
 }
 

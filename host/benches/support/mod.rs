@@ -65,7 +65,11 @@ pub fn hey(url: &str, seconds: u64, concurrency: u64) -> Figures {
         };
         if in_errors {
             errors += code_or_count;
-        } else if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
+        } else if let Some(n) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             responses += n;
             if code_or_count != 200 {
                 errors += n;
