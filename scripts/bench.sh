@@ -16,7 +16,7 @@ wasmtime_root=target/tools/wasmtime-50.0.1
 if [[ ! -x $wasmtime_root/bin/wasmtime ]]; then
     cargo install wasmtime-cli --version 50.0.1 --locked --root "$wasmtime_root" \
         --no-default-features \
-        --features run,serve,cranelift,pooling-allocator,cache,parallel-compilation,component-model,logging
+        --features run,serve,cranelift,pooling-allocator,cache,parallel-compilation,component-model,component-model-async,logging
 fi
 export GANTRY_WASMTIME=$PWD/$wasmtime_root/bin/wasmtime
 

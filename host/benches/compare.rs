@@ -118,6 +118,13 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
+    // Servers run as in production: no backtrace capture asked for (with it,
+    // every wasmtime error value walks the stack, in both hosts).
+    // SAFETY: no other thread exists yet.
+    unsafe {
+        std::env::remove_var("RUST_BACKTRACE");
+        std::env::remove_var("RUST_LIB_BACKTRACE");
+    }
     let seconds = env_num("GANTRY_BENCH_SECONDS", 5);
     let rounds = env_num("GANTRY_BENCH_ROUNDS", 3);
     let concurrencies: Vec<u64> = std::env::var("GANTRY_BENCH_CONCURRENCY")
