@@ -1,9 +1,11 @@
 //! One request, one fresh instance: the per-store host state, and the call of
 //! a component's HTTP handler (WASI 0.2 or 0.3) with limits and a deadline.
 //!
-//! The store lives in its own task until the response body has been sent (or
-//! dropped), because a WASI 0.3 guest keeps producing its body after it has
-//! returned the response head.
+//! The store lives until the response body has been sent (or dropped),
+//! because a guest keeps producing its body after it has returned the
+//! response head. It runs in the request's own task, not a spawned one: the
+//! request future polls it until the head exists, then the response body
+//! does, so the guest's work happens where hyper writes its output.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -209,7 +211,12 @@ pub async fn invoke(
     let (done_tx, done_rx) = oneshot::channel::<()>();
     let component = caps.id.clone();
 
-    let task = tokio::spawn(async move {
+    // The whole life of the store: instantiate, call, and keep it until the
+    // response body has been sent or dropped. It is not spawned: the
+    // request's own task polls it, first here until the response head exists
+    // and then from the response body (`DrivenBody`), so a request costs no
+    // task of its own and the guest runs where its connection is served.
+    let store_life: StoreLife = Box::pin(async move {
         let _permit = permit;
         let started = Instant::now();
         let proxy = match loaded.pre.instantiate_async(&mut store).await {
@@ -242,18 +249,44 @@ pub async fn invoke(
             Ok(Err(e)) | Err(e) => Err(classify(e, timeout)),
         }
     });
-    // Until a response head exists, the store task belongs to this request: a
-    // client that goes away takes the guest down with it.
-    let mut guard = AbortOnDrop(Some(task.abort_handle()));
-
-    let outcome = tokio::time::timeout_at(deadline.into(), rx).await;
-    match outcome {
-        Ok(Ok(Ok(response))) => {
-            // From here the body owns the task's lifetime (see `DoneBody`).
-            guard.0 = None;
+    let mut store = Some(store_life);
+    let mut rx = Some(rx);
+    // Until a response head exists the store belongs to this future: a
+    // client that goes away drops it, and the guest with it.
+    let until_head = std::future::poll_fn(|cx| {
+        if let Some(life) = store.as_mut()
+            && let Poll::Ready(ended) = life.as_mut().poll(cx)
+        {
+            store = None;
+            // An answer given before the end is already in the channel.
+            let head = rx.take().and_then(|mut r| r.try_recv().ok().flatten());
+            return Poll::Ready(match head {
+                Some(head) => Head::Answered(head),
+                None => Head::Ended(ended),
+            });
+        }
+        if let Some(r) = rx.as_mut() {
+            match Pin::new(r).poll(cx) {
+                Poll::Ready(Ok(head)) => return Poll::Ready(Head::Answered(head)),
+                // Dropped without an answer: the store's end says why.
+                Poll::Ready(Err(_canceled)) => rx = None,
+                Poll::Pending => {}
+            }
+        }
+        if store.is_none() {
+            return Poll::Ready(Head::Ended(Err(InvokeError::Guest(
+                "no response was produced".into(),
+            ))));
+        }
+        Poll::Pending
+    });
+    match tokio::time::timeout_at(deadline.into(), until_head).await {
+        Ok(Head::Answered(Ok(response))) => {
+            // From here the body drives the store (see `DrivenBody`).
             let (parts, body) = response.into_parts();
-            let body = DoneBody {
+            let body = DrivenBody {
                 inner: body,
+                store,
                 done: Some(done_tx),
             };
             Ok(http::Response::from_parts(
@@ -261,21 +294,23 @@ pub async fn invoke(
                 http_body_util::BodyExt::boxed_unsync(body),
             ))
         }
-        Ok(Ok(Err(e))) => Err(classify(e, timeout)),
-        Ok(Err(_closed)) => {
-            // The store task ended without answering: it says why.
-            guard.0 = None;
-            match task.await {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Err(InvokeError::Guest("no response was produced".into())),
-                Err(join) => Err(InvokeError::Trap(format!("instance task failed: {join}"))),
-            }
-        }
+        Ok(Head::Answered(Err(e))) => Err(classify(e, timeout)),
+        Ok(Head::Ended(Ok(()))) => Err(InvokeError::Guest("no response was produced".into())),
+        Ok(Head::Ended(Err(e))) => Err(e),
         Err(_elapsed) => {
             tracing::debug!(%component, "deadline passed before the response head");
             Err(InvokeError::Timeout(timeout))
         }
     }
+}
+
+/// A store's whole life, from instantiation until its response is done.
+type StoreLife = Pin<Box<dyn Future<Output = Result<(), InvokeError>> + Send>>;
+
+/// How the wait for a response head ended.
+enum Head {
+    Answered(Result<http::Response<WasiBody>, wasmtime::Error>),
+    Ended(Result<(), InvokeError>),
 }
 
 /// The store one request gets: its host state, memory limit and deadline.
@@ -360,31 +395,42 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
     InvokeError::Trap(text)
 }
 
-struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+/// A response body that drives the store producing it: every poll lets the
+/// guest run first, and the end of the body releases the store.
+struct DrivenBody {
+    inner: WasiBody,
+    store: Option<StoreLife>,
+    done: Option<oneshot::Sender<()>>,
+}
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            h.abort();
+impl DrivenBody {
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(life) = self.store.as_mut()
+            && life.as_mut().poll(cx).is_ready()
+        {
+            self.store = None;
         }
     }
 }
 
-/// A response body that tells the store task when it is finished with.
-struct DoneBody {
-    inner: WasiBody,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Drop for DoneBody {
+impl Drop for DrivenBody {
     fn drop(&mut self) {
         if let Some(tx) = self.done.take() {
             let _ = tx.send(());
         }
+        // A guest still busy (a 0.3 guest may go on after its response) gets
+        // to finish on its own task, bounded by its deadline as before.
+        if let Some(life) = self.store.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = life.await;
+            });
+        }
     }
 }
 
-impl Body for DoneBody {
+impl Body for DrivenBody {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 
@@ -392,11 +438,14 @@ impl Body for DoneBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.drive(cx);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = polled
             && let Some(tx) = self.done.take()
         {
             let _ = tx.send(());
+            // Usually the store can end at once now; release it here.
+            self.drive(cx);
         }
         polled
     }

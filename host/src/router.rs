@@ -16,6 +16,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::header::InvalidHeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 /// One routable entry.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
@@ -27,6 +30,16 @@ pub struct RouteEntry {
     /// Index of the component in the app's component table.
     pub component_index: usize,
     wildcard: bool,
+    /// The route's own `spin-*` header values, made once when the table is
+    /// built rather than on every request (routes are validated ASCII).
+    route_headers: Option<RouteHeaders>,
+}
+
+#[derive(Debug, Clone)]
+struct RouteHeaders {
+    matched: HeaderValue,
+    raw: HeaderValue,
+    component_route: HeaderValue,
 }
 
 impl RouteEntry {
@@ -152,12 +165,26 @@ impl Router {
                 raw.strip_suffix('/').unwrap_or(raw).to_string()
             };
             let id = router.entries.len();
+            let prefix = raw.strip_suffix("/...").unwrap_or(raw);
+            let route_headers = match (
+                HeaderValue::from_str(&based),
+                HeaderValue::from_str(raw),
+                HeaderValue::from_str(prefix),
+            ) {
+                (Ok(matched), Ok(raw), Ok(component_route)) => Some(RouteHeaders {
+                    matched,
+                    raw,
+                    component_route,
+                }),
+                _ => None,
+            };
             router.entries.push(RouteEntry {
                 raw: raw.to_string(),
                 based,
                 component: Arc::from(component),
                 component_index: index,
                 wildcard,
+                route_headers,
             });
             let mut node = &mut router.root;
             for seg in split(body) {
@@ -236,31 +263,73 @@ impl Router {
     }
 }
 
-/// The `spin-*` headers for one routed request, with Spin's values.
-pub fn spin_headers(
+/// Sets the `spin-*` headers Spin gives a component on `headers`, replacing
+/// any a client sent. Values that are not valid header values (a full URL
+/// can carry anything the client wrote) are left out rather than mangled.
+pub fn insert_spin_headers(
+    headers: &mut HeaderMap,
     m: &RouteMatch<'_>,
     full_url: &str,
     client_addr: &str,
-) -> Vec<(String, String)> {
-    let mut h = vec![
-        ("spin-full-url".to_string(), full_url.to_string()),
-        ("spin-path-info".to_string(), m.path_info.clone()),
-        ("spin-matched-route".to_string(), m.entry.based.clone()),
-        ("spin-base-path".to_string(), "/".to_string()),
-        ("spin-raw-component-route".to_string(), m.entry.raw.clone()),
-        (
-            "spin-component-route".to_string(),
-            m.entry.prefix().to_string(),
-        ),
-        ("spin-client-addr".to_string(), client_addr.to_string()),
-    ];
-    for (name, value) in &m.params {
-        h.push((
-            format!("spin-path-match-{}", name.to_ascii_lowercase()),
-            value.clone(),
-        ));
+) {
+    fn set(
+        headers: &mut HeaderMap,
+        name: &'static str,
+        value: Result<HeaderValue, InvalidHeaderValue>,
+    ) {
+        if let Ok(v) = value {
+            headers.insert(HeaderName::from_static(name), v);
+        }
     }
-    h
+    set(headers, "spin-full-url", HeaderValue::from_str(full_url));
+    set(
+        headers,
+        "spin-path-info",
+        HeaderValue::from_str(&m.path_info),
+    );
+    set(headers, "spin-base-path", Ok(HeaderValue::from_static("/")));
+    set(
+        headers,
+        "spin-client-addr",
+        HeaderValue::from_str(client_addr),
+    );
+    match &m.entry.route_headers {
+        Some(r) => {
+            set(headers, "spin-matched-route", Ok(r.matched.clone()));
+            set(headers, "spin-raw-component-route", Ok(r.raw.clone()));
+            set(
+                headers,
+                "spin-component-route",
+                Ok(r.component_route.clone()),
+            );
+        }
+        None => {
+            set(
+                headers,
+                "spin-matched-route",
+                HeaderValue::from_str(&m.entry.based),
+            );
+            set(
+                headers,
+                "spin-raw-component-route",
+                HeaderValue::from_str(&m.entry.raw),
+            );
+            set(
+                headers,
+                "spin-component-route",
+                HeaderValue::from_str(m.entry.prefix()),
+            );
+        }
+    }
+    for (name, value) in &m.params {
+        let name = format!("spin-path-match-{}", name.to_ascii_lowercase());
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,13 +393,21 @@ mod tests {
         assert_eq!(all.route("/1/2/3").unwrap().path_info, "/1/2/3");
     }
 
+    fn headers(m: &RouteMatch<'_>, url: &str, client: &str) -> HashMap<String, String> {
+        let mut h = HeaderMap::new();
+        // A client's forged value is replaced.
+        h.insert("spin-path-info", HeaderValue::from_static("/forged"));
+        insert_spin_headers(&mut h, m, url, client);
+        h.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
     #[test]
     fn headers_like_spin() {
         let r = router(&[("/api/...", "api"), ("/users/:id", "users")]);
         let m = r.route("/api/v1/x").unwrap();
-        let h: HashMap<_, _> = spin_headers(&m, "http://h:3000/api/v1/x?q=1", "127.0.0.1:5")
-            .into_iter()
-            .collect();
+        let h = headers(&m, "http://h:3000/api/v1/x?q=1", "127.0.0.1:5");
         assert_eq!(h["spin-full-url"], "http://h:3000/api/v1/x?q=1");
         assert_eq!(h["spin-path-info"], "/v1/x");
         assert_eq!(h["spin-matched-route"], "/api/...");
@@ -339,7 +416,7 @@ mod tests {
         assert_eq!(h["spin-base-path"], "/");
         assert_eq!(h["spin-client-addr"], "127.0.0.1:5");
         let m = r.route("/users/42").unwrap();
-        let h: HashMap<_, _> = spin_headers(&m, "u", "c").into_iter().collect();
+        let h = headers(&m, "u", "c");
         assert_eq!(h["spin-path-match-id"], "42");
         assert_eq!(h["spin-path-info"], "");
         assert_eq!(h["spin-component-route"], "/users/:id");

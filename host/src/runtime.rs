@@ -344,6 +344,8 @@ const GUARD: u64 = 2 << 20;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 8;
 const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Bytes of each table kept resident (and zeroed in place) between requests.
+const TABLE_KEEP_RESIDENT: usize = 4096;
 
 fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::default();
@@ -366,7 +368,13 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // touch few pages of a large memory may gain from it.
     let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
     p.linear_memory_keep_resident(keep);
-    p.table_keep_resident(keep);
+    // A component's tables are small (a page each for the examples), and
+    // zeroing a page in place is far cheaper than the madvise that would
+    // otherwise hand it back: that madvise flushes the TLB of every CPU the
+    // process runs on, twice per request for a typical component (perf on
+    // `plain`: 2 of the 3 madvise calls per request). One page per table is
+    // the whole RSS cost.
+    p.table_keep_resident(keep.max(TABLE_KEEP_RESIDENT));
     p.pagemap_scan(wasmtime::Enabled::Auto);
     p
 }

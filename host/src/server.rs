@@ -22,7 +22,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::capabilities::gpio::GpioHost;
 use crate::instance::{self, Call, InvokeError, TraceHandle};
-use crate::router::spin_headers;
+use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
 use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
@@ -85,8 +85,7 @@ impl AppServer {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(&self.in_flight);
         let live = self.live.load_full();
-        let path = req.uri().path().to_string();
-        let Some(m) = live.router.route(&path) else {
+        let Some(m) = live.router.route(req.uri().path()) else {
             return plain(StatusCode::NOT_FOUND, "Not Found\n");
         };
         let slot = live.slots[m.entry.component_index].clone();
@@ -96,8 +95,8 @@ impl AppServer {
         let active = self.metrics.active_requests.with(&[&component]);
         active.add(1);
         let _active = ActiveGuard(active);
-        let route = m.entry.raw.clone();
-        let method = req.method().as_str().to_string();
+        let route = m.entry.raw.as_str();
+        let method = req.method().clone();
         let log_span = tracing::info_span!(
             "request",
             component = %component,
@@ -111,7 +110,7 @@ impl AppServer {
         let status = response.status();
         self.metrics
             .request_duration
-            .with(&[&component, &route, &method, status.as_str()])
+            .with(&[&component, route, method.as_str(), status.as_str()])
             .observe(
                 started.elapsed().as_secs_f64(),
                 response
@@ -160,51 +159,56 @@ impl AppServer {
             Err(_) => return plain(StatusCode::BAD_REQUEST, "Bad Request: invalid URL\n"),
         }
         // Clients may not forge the headers the host sets.
-        let forged: Vec<_> = parts
+        if parts
             .headers
             .keys()
-            .filter(|k| k.as_str().starts_with("spin-"))
-            .cloned()
-            .collect();
-        for k in forged {
-            parts.headers.remove(k);
-        }
-        for (name, value) in spin_headers(m, &full_url, &client.to_string()) {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                parts.headers.insert(n, v);
+            .any(|k| k.as_str().starts_with("spin-"))
+        {
+            let forged: Vec<_> = parts
+                .headers
+                .keys()
+                .filter(|k| k.as_str().starts_with("spin-"))
+                .cloned()
+                .collect();
+            for k in forged {
+                parts.headers.remove(k);
             }
         }
+        insert_spin_headers(&mut parts.headers, m, &full_url, &client.to_string());
 
         // The server span, child of the caller's trace context; the guest sees
         // a `traceparent` that names it.
         let parent = self.tracing.extract(&parts.headers);
         let route = m.entry.raw.as_str();
-        let method = parts.method.as_str().to_string();
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("http.route", route.to_string()),
-            KeyValue::new("url.path", path.clone()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("client.address", client.ip().to_string()),
-            KeyValue::new("client.port", i64::from(client.port())),
-            KeyValue::new("server.address", host.clone()),
-            KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-            KeyValue::new("gantry.component.id", component.to_string()),
-            KeyValue::new("gantry.component.digest", version.loaded.digest.clone()),
-        ];
-        if let Some(q) = parts.uri.query() {
-            attrs.push(KeyValue::new("url.query", q.to_string()));
-        }
-        if let Some(ua) = parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
-        }
+        let method = parts.method.as_str();
+        // Attributes only matter to a span that leaves the process.
+        let attrs = if self.tracing.exporting {
+            let mut attrs = vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.route", route.to_string()),
+                KeyValue::new("url.path", path.to_string()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("client.address", client.ip().to_string()),
+                KeyValue::new("client.port", i64::from(client.port())),
+                KeyValue::new("server.address", host.clone()),
+                KeyValue::new("network.protocol.version", protocol_version(parts.version)),
+                KeyValue::new("gantry.component.id", component.to_string()),
+                KeyValue::new("gantry.component.digest", version.loaded.digest.clone()),
+            ];
+            if let Some(q) = parts.uri.query() {
+                attrs.push(KeyValue::new("url.query", q.to_string()));
+            }
+            if let Some(ua) = parts
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+            {
+                attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+            }
+            attrs
+        } else {
+            Vec::new()
+        };
         let cx = self
             .tracing
             .server_span(&parent, format!("{method} {route}"), attrs);

@@ -128,11 +128,16 @@ impl Gauge {
 /// One series: its label values and its value.
 type Series<M> = (Vec<String>, Arc<M>);
 
+thread_local! {
+    static KEY_BUFFER: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// A metric family: one series per distinct label-value tuple.
+
 pub struct Family<M> {
     labels: &'static [&'static str],
     /// Keyed by the label values joined with U+001F (which no sane label
-    /// value contains), so a lookup costs one small allocation.
+    /// value contains).
     series: RwLock<HashMap<String, Series<M>>>,
     make: Box<dyn Fn() -> M + Send + Sync>,
 }
@@ -149,12 +154,24 @@ impl<M> Family<M> {
     /// The series for `values` (one per label, in order), created on first use.
     pub fn with(&self, values: &[&str]) -> Arc<M> {
         debug_assert_eq!(values.len(), self.labels.len());
-        let key = values.join("\u{1f}");
-        if let Ok(map) = self.series.read()
-            && let Some((_, m)) = map.get(&key)
-        {
-            return m.clone();
+        // The hot path (the series exists) builds its key in a per-thread
+        // buffer and allocates nothing.
+        let found = KEY_BUFFER.with(|buf| {
+            let mut key = buf.borrow_mut();
+            key.clear();
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    key.push('\u{1f}');
+                }
+                key.push_str(v);
+            }
+            let map = self.series.read().ok()?;
+            map.get(key.as_str()).map(|(_, m)| m.clone())
+        });
+        if let Some(m) = found {
+            return m;
         }
+        let key = values.join("\u{1f}");
         match self.series.write() {
             Ok(mut map) => map
                 .entry(key)
