@@ -133,7 +133,6 @@ thread_local! {
 }
 
 /// A metric family: one series per distinct label-value tuple.
-
 pub struct Family<M> {
     labels: &'static [&'static str],
     /// Keyed by the label values joined with U+001F (which no sane label
