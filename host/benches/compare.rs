@@ -237,8 +237,8 @@ source = "{}"
             hey(&s.url, 1, c); // warm-up: pools, caches, connections
         }
         println!(
-            "\nc={c}\n{:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>14}",
-            "server", "round", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req"
+            "\nc={c}\n{:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>14} {:>12}",
+            "server", "round", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req", "hey us/req"
         );
         let mut results: Vec<Vec<Figures>> = vec![Vec::new(); subjects.len()];
         for round in 1..=rounds {
@@ -250,8 +250,8 @@ source = "{}"
                 f.host_cpu_us = (cpu_us(s.pid) - host0) / n;
                 f.peer_cpu_us = (s.collector_pid.map(cpu_us).unwrap_or(0.0) - peer0) / n;
                 println!(
-                    "{:<22} {round:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>14.1}",
-                    s.name, f.rps, f.p50_ms, f.p99_ms, f.errors, f.host_cpu_us
+                    "{:<22} {round:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>14.1} {:>12.1}",
+                    s.name, f.rps, f.p50_ms, f.p99_ms, f.errors, f.host_cpu_us, f.client_cpu_us
                 );
                 results[i].push(f);
             }
@@ -265,15 +265,32 @@ source = "{}"
                 String::new()
             };
             println!(
-                "  {:<22} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  CPU {:>6.1} us/req{collector}",
+                "  {:<22} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  CPU {:>6.1} us/req  hey {:>6.1} us/req{collector}",
                 s.name,
                 med(i, |f| f.rps),
                 med(i, |f| f.p50_ms),
                 med(i, |f| f.p99_ms),
-                med(i, |f| f.host_cpu_us)
+                med(i, |f| f.host_cpu_us),
+                med(i, |f| f.client_cpu_us)
             );
         }
         let ratio = |a: usize, b: usize, f: fn(&Figures) -> f64| med(a, f) / med(b, f);
+        // Server, client and collector share this machine's cores. When they
+        // are saturated, req/s is about cores / (CPU per request of all
+        // three), so a server's own saving moves req/s only by its share.
+        let total = |i: usize| {
+            med(i, |f| f.host_cpu_us) + med(i, |f| f.client_cpu_us) + med(i, |f| f.peer_cpu_us)
+        };
+        let needed = total(2) / 1.2 - med(0, |f| f.client_cpu_us) - med(0, |f| f.peer_cpu_us);
+        summary.push(format!(
+            "c={c}: host CPU per request, gantry (telemetry on) / wasmtime serve: {:.2}x; \
+             all CPU per request (host + hey + collector): gantry (on) {:.0} us, wasmtime serve {:.0} us; \
+             1.2x wasmtime serve's req/s on saturated cores would need gantry (on) at {:.0} us/req or less",
+            ratio(0, 2, |f| f.host_cpu_us),
+            total(0),
+            total(2),
+            needed,
+        ));
         summary.push(format!(
             "c={c}: gantry (telemetry on) / wasmtime serve: req/s {:.2}x, p99 {:.2}x | \
              gantry (telemetry off) / wasmtime serve: req/s {:.2}x | \

@@ -143,6 +143,12 @@ pub struct UpArgs {
     )]
     pub pool_keep_resident: u64,
 
+    /// How an instance's memory gets its initial contents: `copy` the data
+    /// segments in, map the image copy-on-write (`cow`), or `auto`: copy when
+    /// every component at start has at most 64 KiB of data, else cow.
+    #[arg(long, value_enum, default_value = "auto", env = "GANTRY_MEMORY_INIT")]
+    pub memory_init: runtime::MemoryInit,
+
     /// How long a request may wait for a free instance before it gets 503
     /// with Retry-After (absorbs bursts; 0 answers 503 at once).
     #[arg(long, default_value = "100ms", value_parser = parse_wait)]
@@ -281,6 +287,7 @@ fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool
         },
         pooling,
         keep_resident: 0,
+        memory_init_cow: true,
     }
 }
 
@@ -395,8 +402,25 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
+    let data_sizes: Vec<Option<u64>> = app
+        .components
+        .values()
+        .map(|c| {
+            std::fs::read(&c.source)
+                .ok()
+                .and_then(|b| runtime::data_segment_bytes(&b))
+        })
+        .collect();
+    let memory_init_cow = args.memory_init.use_cow(data_sizes.iter().copied());
+    tracing::info!(
+        mode = ?args.memory_init,
+        largest_data = data_sizes.iter().flatten().max().copied().unwrap_or(0),
+        copy_on_write = memory_init_cow,
+        "instance memory initialisation"
+    );
     let config = RuntimeConfig {
         keep_resident: args.pool_keep_resident,
+        memory_init_cow,
         ..runtime_config(
             &args.app,
             args.pool_size,

@@ -413,11 +413,21 @@ impl DrivenBody {
     }
 }
 
-impl Drop for DrivenBody {
-    fn drop(&mut self) {
+impl DrivenBody {
+    /// The body has been sent: let the store end, here if it can.
+    fn finish(&mut self, cx: &mut Context<'_>) {
         if let Some(tx) = self.done.take() {
             let _ = tx.send(());
         }
+        self.drive(cx);
+    }
+}
+
+impl Drop for DrivenBody {
+    fn drop(&mut self) {
+        // hyper drops a body it knows is complete without polling it to its
+        // end; usually the store can then end at once, on this thread.
+        self.finish(&mut Context::from_waker(std::task::Waker::noop()));
         // A guest still busy (a 0.3 guest may go on after its response) gets
         // to finish on its own task, bounded by its deadline as before.
         if let Some(life) = self.store.take()
@@ -440,12 +450,10 @@ impl Body for DrivenBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.drive(cx);
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(tx) = self.done.take()
-        {
-            let _ = tx.send(());
-            // Usually the store can end at once now; release it here.
-            self.drive(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(cx),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(cx),
+            _ => {}
         }
         polled
     }

@@ -16,6 +16,22 @@ pub struct Figures {
     pub host_cpu_us: f64,
     /// CPU a peer (the collector) spent per response, where there is one.
     pub peer_cpu_us: f64,
+    /// CPU the load generator itself spent per response: on a small machine
+    /// it shares the cores with the server, so it bounds what any server
+    /// can reach.
+    pub client_cpu_us: f64,
+}
+
+/// CPU time (user + system) of this process's children that have ended and
+/// been waited for, in microseconds.
+fn children_cpu_us() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    us(ru.ru_utime) + us(ru.ru_stime)
 }
 
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -28,6 +44,7 @@ pub fn env_num(name: &str, default: u64) -> u64 {
 /// Runs `hey` against `url` for `seconds` with `concurrency` clients and
 /// reads its summary.
 pub fn hey(url: &str, seconds: u64, concurrency: u64) -> Figures {
+    let before = children_cpu_us();
     let out = Command::new("hey")
         .args([
             "-z",
@@ -38,6 +55,7 @@ pub fn hey(url: &str, seconds: u64, concurrency: u64) -> Figures {
         ])
         .output()
         .expect("hey (apt-get install hey; scripts/setup.sh installs it)");
+    let client_cpu = children_cpu_us() - before;
     let text = String::from_utf8_lossy(&out.stdout);
     let number_after = |label: &str| -> f64 {
         text.lines()
@@ -82,6 +100,7 @@ pub fn hey(url: &str, seconds: u64, concurrency: u64) -> Figures {
         p99_ms: number_after("99% in") * 1000.0,
         responses,
         errors,
+        client_cpu_us: client_cpu / responses.max(1) as f64,
         ..Figures::default()
     }
 }
