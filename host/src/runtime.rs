@@ -190,7 +190,7 @@ impl Default for RuntimeConfig {
             max_instance_memory: 128 << 20,
             cache_dir: default_cache_dir(),
             pooling: true,
-            keep_resident: 0,
+            keep_resident: default_keep_resident(),
             memory_init_cow: true,
         }
     }
@@ -501,12 +501,12 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     p.max_memory_size(cfg.max_instance_memory as usize);
     p.total_stacks(n);
     // Handing a released instance's pages back with madvise costs a TLB
-    // shootdown across the CPUs the process runs on, and the next request
-    // faults each page back in. Keeping pages resident trades that for a
-    // reset in place (PAGEMAP_SCAN on Linux 6.7+ limits it to present
-    // pages). Measured with `plain` on 2 cores the reset cost more than it
-    // saved (scripts/bench.sh), so the default keeps nothing; guests that
-    // touch few pages of a large memory may gain from it.
+    // shootdown across the CPUs the process runs on (an IPI per CPU; in a VM
+    // each one is a trapped MSR write), and the next request faults each
+    // page back in. Keeping pages resident trades that for a reset in place
+    // of the pages the guest wrote, which PAGEMAP_SCAN finds in one ioctl.
+    // The kept size must cover the whole memory: beyond it the tail is still
+    // handed back with madvise, one flush per request all the same.
     let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
     p.linear_memory_keep_resident(keep);
     // A component's tables are small (a page each for the examples), and
@@ -515,9 +515,42 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // process runs on, twice per request for a typical component (perf on
     // `plain`: 2 of the 3 madvise calls per request). One page per table is
     // the whole RSS cost.
-    p.table_keep_resident(keep.max(TABLE_KEEP_RESIDENT));
+    p.table_keep_resident(TABLE_KEEP_RESIDENT);
     p.pagemap_scan(wasmtime::Enabled::Auto);
     p
+}
+
+/// `--pool-keep-resident` when not given: enough for the examples (a Rust
+/// guest's memory is 1 MiB of stack plus its data and heap) where the kernel
+/// can say which pages a guest wrote, else nothing: without PAGEMAP_SCAN the
+/// whole kept size would be zeroed on every release.
+pub fn default_keep_resident() -> u64 {
+    if pagemap_scan_likely() {
+        DEFAULT_KEEP_RESIDENT
+    } else {
+        0
+    }
+}
+
+const DEFAULT_KEEP_RESIDENT: u64 = 2 << 20;
+
+fn pagemap_scan_likely() -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| kernel_at_least(&r, (6, 7)))
+        .unwrap_or(false)
+}
+
+/// Is a kernel release string ("6.18.44-fc-v657") at least `major.minor`?
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (next(), next()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
 }
 
 fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
@@ -787,5 +820,15 @@ mod tests {
         assert!(MemoryInit::Auto.use_cow([small, None]));
         assert!(MemoryInit::Cow.use_cow([small]));
         assert!(!MemoryInit::Copy.use_cow([large]));
+    }
+
+    #[test]
+    fn kernel_release_comparison() {
+        assert!(kernel_at_least("6.18.44-fc-v657\n", (6, 7)));
+        assert!(kernel_at_least("6.7.0", (6, 7)));
+        assert!(kernel_at_least("7.0-rc1", (6, 7)));
+        assert!(!kernel_at_least("6.6.31+rpt-rpi-v8", (6, 7)));
+        assert!(!kernel_at_least("5.15.0-105-generic", (6, 7)));
+        assert!(!kernel_at_least("garbage", (6, 7)));
     }
 }
