@@ -263,6 +263,14 @@ impl Router {
     }
 }
 
+const SPIN_FULL_URL: HeaderName = HeaderName::from_static("spin-full-url");
+const SPIN_PATH_INFO: HeaderName = HeaderName::from_static("spin-path-info");
+const SPIN_BASE_PATH: HeaderName = HeaderName::from_static("spin-base-path");
+const SPIN_CLIENT_ADDR: HeaderName = HeaderName::from_static("spin-client-addr");
+const SPIN_MATCHED_ROUTE: HeaderName = HeaderName::from_static("spin-matched-route");
+const SPIN_RAW_COMPONENT_ROUTE: HeaderName = HeaderName::from_static("spin-raw-component-route");
+const SPIN_COMPONENT_ROUTE: HeaderName = HeaderName::from_static("spin-component-route");
+
 /// Sets the `spin-*` headers Spin gives a component on `headers`, replacing
 /// any a client sent. Values that are not valid header values (a full URL
 /// can carry anything the client wrote) are left out rather than mangled.
@@ -274,49 +282,43 @@ pub fn insert_spin_headers(
 ) {
     fn set(
         headers: &mut HeaderMap,
-        name: &'static str,
+        name: HeaderName,
         value: Result<HeaderValue, InvalidHeaderValue>,
     ) {
         if let Ok(v) = value {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     }
-    set(headers, "spin-full-url", HeaderValue::from_str(full_url));
+    // Room for the spin-* headers without growing the map one by one.
+    headers.reserve(7 + m.params.len());
+    set(headers, SPIN_FULL_URL, HeaderValue::from_str(full_url));
+    set(headers, SPIN_PATH_INFO, HeaderValue::from_str(&m.path_info));
+    set(headers, SPIN_BASE_PATH, Ok(HeaderValue::from_static("/")));
     set(
         headers,
-        "spin-path-info",
-        HeaderValue::from_str(&m.path_info),
-    );
-    set(headers, "spin-base-path", Ok(HeaderValue::from_static("/")));
-    set(
-        headers,
-        "spin-client-addr",
+        SPIN_CLIENT_ADDR,
         HeaderValue::from_str(client_addr),
     );
     match &m.entry.route_headers {
         Some(r) => {
-            set(headers, "spin-matched-route", Ok(r.matched.clone()));
-            set(headers, "spin-raw-component-route", Ok(r.raw.clone()));
-            set(
-                headers,
-                "spin-component-route",
-                Ok(r.component_route.clone()),
-            );
+            set(headers, SPIN_MATCHED_ROUTE, Ok(r.matched.clone()));
+            set(headers, SPIN_RAW_COMPONENT_ROUTE, Ok(r.raw.clone()));
+            set(headers, SPIN_COMPONENT_ROUTE, Ok(r.component_route.clone()));
         }
         None => {
             set(
                 headers,
-                "spin-matched-route",
+                SPIN_MATCHED_ROUTE,
                 HeaderValue::from_str(&m.entry.based),
             );
             set(
                 headers,
-                "spin-raw-component-route",
+                SPIN_RAW_COMPONENT_ROUTE,
                 HeaderValue::from_str(&m.entry.raw),
             );
             set(
                 headers,
-                "spin-component-route",
+                SPIN_COMPONENT_ROUTE,
                 HeaderValue::from_str(m.entry.prefix()),
             );
         }

@@ -113,10 +113,7 @@ impl AppServer {
             .with(&[&component, route, method.as_str(), status.as_str()])
             .observe(
                 started.elapsed().as_secs_f64(),
-                response
-                    .extensions()
-                    .get::<SampledTrace>()
-                    .map(|t| t.0.as_str()),
+                response.extensions().get::<SampledTrace>().map(|t| t.0),
             );
         response
     }
@@ -268,8 +265,7 @@ impl AppServer {
         };
         let sc = cx.span().span_context().clone();
         if sc.is_sampled() {
-            resp.extensions_mut()
-                .insert(SampledTrace(sc.trace_id().to_string()));
+            resp.extensions_mut().insert(SampledTrace(sc.trace_id()));
         }
         resp
     }
@@ -314,7 +310,7 @@ impl AppServer {
 
 /// The trace id of a sampled request, for the duration histogram's exemplar.
 #[derive(Clone)]
-struct SampledTrace(String);
+struct SampledTrace(opentelemetry::trace::TraceId);
 
 struct ActiveGuard(Arc<Gauge>);
 impl Drop for ActiveGuard {

@@ -27,7 +27,7 @@ pub const INSTANTIATION_BUCKETS: &[f64] = &[
 /// A sampled request's trace id, kept beside the bucket it landed in.
 #[derive(Debug, Clone)]
 pub struct Exemplar {
-    pub trace_id: String,
+    pub trace_id: opentelemetry::trace::TraceId,
     pub value: f64,
     /// Unix seconds.
     pub timestamp: f64,
@@ -55,7 +55,7 @@ impl Histogram {
 
     /// Records `value`; `trace_id` (of a sampled trace) becomes the bucket's
     /// exemplar.
-    pub fn observe(&self, value: f64, trace_id: Option<&str>) {
+    pub fn observe(&self, value: f64, trace_id: Option<opentelemetry::trace::TraceId>) {
         let i = self
             .bounds
             .iter()
@@ -80,7 +80,7 @@ impl Histogram {
             && let Ok(mut ex) = self.exemplars.lock()
         {
             ex[i] = Some(Exemplar {
-                trace_id: trace_id.to_string(),
+                trace_id,
                 value,
                 timestamp: now_seconds(),
             });
@@ -441,7 +441,7 @@ impl Metrics {
         bounds: &[f64],
         counts: &[u64],
         sum: f64,
-        trace_id: Option<&str>,
+        trace_id: Option<opentelemetry::trace::TraceId>,
     ) {
         if counts.len() != bounds.len() + 1 {
             self.telemetry_dropped.with(&["guest_metrics"]).inc();
@@ -478,7 +478,7 @@ impl Metrics {
                     let n: u64 = counts.iter().sum();
                     if let Some(t) = trace_id.filter(|_| n > 0) {
                         h.1.exemplar = Some(Exemplar {
-                            trace_id: t.to_string(),
+                            trace_id: t,
                             value: sum / n as f64,
                             timestamp: now_seconds(),
                         });
@@ -904,7 +904,10 @@ mod tests {
     fn histogram_buckets_are_cumulative_and_exemplars_only_in_openmetrics() {
         let m = Metrics::new();
         let h = m.request_duration.with(&["alpha", "/alpha", "GET", "200"]);
-        h.observe(0.003, Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        h.observe(
+            0.003,
+            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").ok(),
+        );
         h.observe(0.2, None);
         h.observe(20.0, None);
         let text = m.render(false);

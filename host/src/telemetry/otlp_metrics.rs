@@ -349,13 +349,11 @@ pub fn encode(
                                     .exemplars
                                     .iter()
                                     .flatten()
-                                    .filter_map(|e| {
-                                        Some(Exemplar {
-                                            time_unix_nano: (e.timestamp * 1e9) as u64,
-                                            trace_id: decode_hex(&e.trace_id)?,
-                                            value: Some(exemplar::Value::AsDouble(e.value)),
-                                            ..Default::default()
-                                        })
+                                    .map(|e| Exemplar {
+                                        time_unix_nano: (e.timestamp * 1e9) as u64,
+                                        trace_id: e.trace_id.to_bytes().to_vec(),
+                                        value: Some(exemplar::Value::AsDouble(e.value)),
+                                        ..Default::default()
                                     })
                                     .collect(),
                                 ..Default::default()
@@ -391,16 +389,6 @@ pub fn encode(
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,7 +409,10 @@ mod tests {
         let m = Metrics::new();
         m.request_duration
             .with(&["alpha", "/alpha", "GET", "200"])
-            .observe(0.003, Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+            .observe(
+                0.003,
+                opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").ok(),
+            );
         m.guest_failures.with(&["broken", "trap"]).inc();
         let req = encode(
             &m.snapshot(),

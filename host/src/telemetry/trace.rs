@@ -11,8 +11,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -113,16 +116,33 @@ impl Tracing {
 
     /// The caller's context from `traceparent`, `tracestate` and `baggage`.
     pub fn extract(&self, headers: &http::HeaderMap) -> Context {
+        // Most requests carry none of them: skip the propagators' lookups.
+        if !headers.contains_key(TRACEPARENT) && !headers.contains_key(BAGGAGE) {
+            return Context::new();
+        }
         self.propagator.extract(&HeaderExtractor(headers))
     }
 
     /// Writes `cx` as `traceparent`/`tracestate`/`baggage` into `headers`,
-    /// replacing whatever was there.
+    /// replacing whatever was there. An empty `tracestate` is left out
+    /// (W3C: a vendor with nothing to say sends no `tracestate`).
     pub fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
-        headers.remove("traceparent");
-        headers.remove("tracestate");
-        self.propagator
-            .inject_context(cx, &mut HeaderInjector(headers));
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            headers.insert(TRACEPARENT, traceparent(sc));
+            let state = sc.trace_state().header();
+            if !state.is_empty()
+                && let Ok(v) = http::HeaderValue::from_str(&state)
+            {
+                headers.insert(TRACESTATE, v);
+            }
+        }
+        if !cx.baggage().is_empty() {
+            BaggagePropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+        }
     }
 
     /// Starts the server span of one request, child of the caller's context.
@@ -155,6 +175,35 @@ impl Tracing {
             logs.shutdown();
         }
     }
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+
+/// `traceparent` for a valid span context: version 00, trace id, parent id
+/// and the sampled flag, in lowercase hex.
+fn traceparent(sc: &SpanContext) -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 55];
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, b) in bytes.iter().enumerate() {
+            out[at + 2 * i] = HEX[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    };
+    put(0, &[0]);
+    put(3, &sc.trace_id().to_bytes());
+    put(36, &sc.span_id().to_bytes());
+    put(
+        53,
+        &[sc.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()],
+    );
+    out[2] = b'-';
+    out[35] = b'-';
+    out[52] = b'-';
+    // Only hex digits and dashes: always a valid header value.
+    http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Ends the span in `cx` with an HTTP status.
@@ -206,5 +255,83 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+
+    fn context(flags: TraceFlags, state: TraceState) -> Context {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID),
+            flags,
+            true,
+            state,
+        );
+        Context::new().with_remote_span_context(sc)
+    }
+
+    fn propagated(cx: &Context) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        Tracing::disabled().inject(cx, &mut h);
+        h
+    }
+
+    #[test]
+    fn inject_writes_what_the_w3c_propagator_writes() {
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+            let cx = context(flags, TraceState::default());
+            let mut reference = http::HeaderMap::new();
+            TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut reference));
+            let h = propagated(&cx);
+            assert_eq!(h.get(TRACEPARENT), reference.get(TRACEPARENT));
+            // The reference writes an empty tracestate; it is left out here.
+            assert!(h.get(TRACESTATE).is_none());
+        }
+        let h = propagated(&context(TraceFlags::SAMPLED, TraceState::default()));
+        assert_eq!(
+            h[TRACEPARENT],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
+
+    #[test]
+    fn inject_keeps_tracestate_and_baggage_and_replaces_old_headers() {
+        let state = TraceState::from_key_value([("vendor", "abc")]).unwrap_or_default();
+        let cx = context(TraceFlags::SAMPLED, state).with_baggage([KeyValue::new("user", "linus")]);
+        let mut h = http::HeaderMap::new();
+        h.insert(TRACEPARENT, http::HeaderValue::from_static("stale"));
+        h.insert(TRACESTATE, http::HeaderValue::from_static("stale=1"));
+        Tracing::disabled().inject(&cx, &mut h);
+        assert_eq!(h.get_all(TRACEPARENT).iter().count(), 1);
+        assert_eq!(h[TRACESTATE], "vendor=abc");
+        assert_eq!(h[BAGGAGE], "user=linus");
+        // An invalid context removes what was there and writes nothing.
+        Tracing::disabled().inject(&Context::new(), &mut h);
+        assert!(h.get(TRACEPARENT).is_none() && h.get(TRACESTATE).is_none());
+    }
+
+    #[test]
+    fn extract_round_trips_and_is_empty_without_headers() {
+        let t = Tracing::disabled();
+        assert!(
+            !t.extract(&http::HeaderMap::new())
+                .span()
+                .span_context()
+                .is_valid()
+        );
+        let cx = context(TraceFlags::SAMPLED, TraceState::default())
+            .with_baggage([KeyValue::new("k", "v")]);
+        let back = t.extract(&propagated(&cx));
+        let sc = back.span().span_context().clone();
+        assert_eq!(sc.trace_id(), cx.span().span_context().trace_id());
+        assert!(sc.is_sampled() && sc.is_remote());
+        assert_eq!(
+            back.baggage().get("k").map(|v| v.as_str().to_string()),
+            Some("v".into())
+        );
     }
 }
