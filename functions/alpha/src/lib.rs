@@ -2,12 +2,21 @@
 //! (`wasi:http/incoming-handler`) with the plain `wasip2` bindings, so the
 //! examples cover both WASI HTTP versions.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 struct Alpha;
+
+// Per-instance state, to show that every request gets a pristine instance:
+// a counter in zero-initialised memory and a value from a data segment. Both
+// read 0 and 7 on every request, however the host reuses memory between
+// instances.
+static SERVED: AtomicU32 = AtomicU32::new(0);
+static SEED: AtomicU32 = AtomicU32::new(7);
 
 fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -53,11 +62,15 @@ impl Guest for Alpha {
         spin.sort();
         // A custom metric, exposed by the host as `alpha_requests_total`.
         gantry_telemetry::metrics::counter_add("alpha_requests", 1, &[("method", &method)]);
+        let served_before = SERVED.fetch_add(1, Ordering::Relaxed);
+        let seed = SEED.swap(0, Ordering::Relaxed);
         let body = format!(
-            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}}}}\n",
+            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{}}}\n",
             json_escape(&method),
             json_escape(&path),
-            spin.join(",")
+            spin.join(","),
+            served_before,
+            seed
         );
 
         let headers = Fields::new();
