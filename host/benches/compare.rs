@@ -304,6 +304,24 @@ source = "{}"
             (1.0 - ratio(0, 1, |f| f.rps)) * 100.0,
             (ratio(0, 1, |f| f.host_cpu_us) - 1.0) * 100.0,
         ));
+        // The same ratios round by round (each pair ran seconds apart): their
+        // spread shows how far one median ratio can be trusted.
+        let per_round = |a: usize, b: usize| {
+            let mut r: Vec<f64> = results[a]
+                .iter()
+                .zip(&results[b])
+                .map(|(x, y)| x.rps / y.rps.max(1.0))
+                .collect();
+            r.sort_by(f64::total_cmp);
+            let listed: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+            format!("{:.2}x (rounds: {})", median(r.clone()), listed.join(" "))
+        };
+        summary.push(format!(
+            "c={c}: round by round, req/s gantry (on) / wasmtime serve: {}; gantry (off) / wasmtime serve: {}; gantry (on) / gantry (off): {}",
+            per_round(0, 2),
+            per_round(1, 2),
+            per_round(0, 1),
+        ));
     }
     println!("\npeak RSS:");
     for s in &subjects {
