@@ -135,8 +135,9 @@ pub struct UpArgs {
     /// requests, reset in place instead of handed back to the kernel: no
     /// madvise, no cross-CPU TLB flush and no page faults on the next
     /// request, at the price of up to this much RSS per instance slot
-    /// (0: keep nothing). Default: 2MiB where the kernel reports which pages
-    /// a guest wrote (PAGEMAP_SCAN, Linux 6.7+), else 0.
+    /// (0: keep nothing). Only pages a guest wrote are zeroed where the
+    /// kernel's PAGEMAP_SCAN is exact (checked at start), else the whole
+    /// kept memory. Default: 2MiB on Linux, else 0.
     #[arg(long, env = "GANTRY_POOL_KEEP_RESIDENT", value_parser = parse_size)]
     pub pool_keep_resident: Option<u64>,
 
@@ -417,6 +418,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         largest_data = data_sizes.iter().flatten().max().copied().unwrap_or(0),
         copy_on_write = memory_init_cow,
         keep_resident,
+        pagemap_scan = %crate::pagemap::scan(),
         "instance memory initialisation"
     );
     let config = RuntimeConfig {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod gpio;
 pub mod instance;
 pub mod manifest;
+pub mod pagemap;
 pub mod router;
 pub mod runtime;
 pub mod server;

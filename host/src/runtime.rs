@@ -503,10 +503,11 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // Handing a released instance's pages back with madvise costs a TLB
     // shootdown across the CPUs the process runs on (an IPI per CPU; in a VM
     // each one is a trapped MSR write), and the next request faults each
-    // page back in. Keeping pages resident trades that for a reset in place
-    // of the pages the guest wrote, which PAGEMAP_SCAN finds in one ioctl.
-    // The kept size must cover the whole memory: beyond it the tail is still
-    // handed back with madvise, one flush per request all the same.
+    // page back in. Keeping pages resident trades that for a reset in place:
+    // of the pages the guest wrote where PAGEMAP_SCAN says exactly which
+    // they are, else of the whole kept memory (`pagemap::scan`). The kept
+    // size must cover the whole memory: beyond it the tail is still handed
+    // back with madvise, one flush per request all the same.
     let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
     p.linear_memory_keep_resident(keep);
     // A component's tables are small (a page each for the examples), and
@@ -516,16 +517,21 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // `plain`: 2 of the 3 madvise calls per request). One page per table is
     // the whole RSS cost.
     p.table_keep_resident(TABLE_KEEP_RESIDENT);
-    p.pagemap_scan(wasmtime::Enabled::Auto);
+    p.pagemap_scan(if crate::pagemap::scan() == crate::pagemap::Scan::Exact {
+        wasmtime::Enabled::Yes
+    } else {
+        wasmtime::Enabled::No
+    });
     p
 }
 
 /// `--pool-keep-resident` when not given: enough for the examples (a Rust
-/// guest's memory is 1 MiB of stack plus its data and heap) where the kernel
-/// can say which pages a guest wrote, else nothing: without PAGEMAP_SCAN the
-/// whole kept size would be zeroed on every release.
+/// guest's memory is 1 MiB of stack plus its data and heap), on Linux, where
+/// releasing memory otherwise means an madvise and a cross-CPU TLB flush.
+/// Zeroing even a whole 1 MiB memory in place costs less (scripts/bench.sh);
+/// where PAGEMAP_SCAN is exact, only the pages a guest wrote are zeroed.
 pub fn default_keep_resident() -> u64 {
-    if pagemap_scan_likely() {
+    if cfg!(target_os = "linux") {
         DEFAULT_KEEP_RESIDENT
     } else {
         0
@@ -533,25 +539,6 @@ pub fn default_keep_resident() -> u64 {
 }
 
 const DEFAULT_KEEP_RESIDENT: u64 = 2 << 20;
-
-fn pagemap_scan_likely() -> bool {
-    if !cfg!(target_os = "linux") {
-        return false;
-    }
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| kernel_at_least(&r, (6, 7)))
-        .unwrap_or(false)
-}
-
-/// Is a kernel release string ("6.18.44-fc-v657") at least `major.minor`?
-fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
-    let mut parts = release.trim().split(['.', '-']);
-    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
-    match (next(), next()) {
-        (Some(major), Some(minor)) => (major, minor) >= want,
-        _ => false,
-    }
-}
 
 fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
     // Each memory slot reserves the default 4 GiB on 64-bit hosts unless told
@@ -820,15 +807,5 @@ mod tests {
         assert!(MemoryInit::Auto.use_cow([small, None]));
         assert!(MemoryInit::Cow.use_cow([small]));
         assert!(!MemoryInit::Copy.use_cow([large]));
-    }
-
-    #[test]
-    fn kernel_release_comparison() {
-        assert!(kernel_at_least("6.18.44-fc-v657\n", (6, 7)));
-        assert!(kernel_at_least("6.7.0", (6, 7)));
-        assert!(kernel_at_least("7.0-rc1", (6, 7)));
-        assert!(!kernel_at_least("6.6.31+rpt-rpi-v8", (6, 7)));
-        assert!(!kernel_at_least("5.15.0-105-generic", (6, 7)));
-        assert!(!kernel_at_least("garbage", (6, 7)));
     }
 }
