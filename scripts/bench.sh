@@ -23,6 +23,3 @@ export GANTRY_WASMTIME=$PWD/$wasmtime_root/bin/wasmtime
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 cargo bench --locked -p gantry --bench compare
 cargo bench --locked -p gantry --bench micro
-# Whether this kernel's PAGEMAP_SCAN names only the pages a guest wrote: it
-# decides how much of each kept-resident memory a release zeroes.
-python3 scripts/pagemap-probe.py

@@ -314,7 +314,7 @@ source = "{}"
                 .collect();
             r.sort_by(f64::total_cmp);
             let listed: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
-            format!("{:.2}x (rounds: {})", median(r.clone()), listed.join(" "))
+            format!("{:.2}x (rounds: {})", median(r), listed.join(" "))
         };
         summary.push(format!(
             "c={c}: round by round, req/s gantry (on) / wasmtime serve: {}; gantry (off) / wasmtime serve: {}; gantry (on) / gantry (off): {}",

@@ -406,4 +406,10 @@ fn main() {
     start_up();
     println!();
     many_components();
+    // Whether this kernel's PAGEMAP_SCAN names only the pages a guest wrote:
+    // it decides how much of each kept-resident memory a release zeroes.
+    println!(
+        "\nPAGEMAP_SCAN (probed as at start: 8 pages mapped, 1 written, 1 read): {}",
+        gantry::pagemap::scan()
+    );
 }
