@@ -1,7 +1,9 @@
 //! The small figures behind a request and a start:
 //! - instantiation: a fresh store with the request's host state plus an
 //!   instance from the pool (p50/p99), and the same with the store dropped;
-//! - router lookup with 10 and with 1,000 routes;
+//!   beside it wasmtime's own floor for the same component (an empty store,
+//!   every import a trapping host function), interleaved with it;
+//! - router lookup with 10 and with 1,000 routes, interleaved batch by batch;
 //! - start to first response of the example app with a cold and a warm
 //!   compile cache, and its idle RSS;
 //! - idle RSS with 1 to 500 components (distinct copies of `plain`, each
@@ -31,6 +33,7 @@ use gantry::router::Router;
 use gantry::runtime::{Runtime, RuntimeConfig, load_app};
 use gantry::telemetry::metrics::Metrics;
 use gantry::telemetry::trace::Tracing;
+use wasmtime_wasi_http::handler::ProxyPre;
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -91,6 +94,7 @@ source = "{wasm}/hello.wasm"
     for slot in &live.slots {
         let version = slot.current.load_full();
         let run = |n: usize| {
+            let mut store = Vec::with_capacity(n);
             let mut inst = Vec::with_capacity(n);
             let mut whole = Vec::with_capacity(n);
             rt.block_on(async {
@@ -112,27 +116,81 @@ source = "{wasm}/hello.wasm"
                     .await
                     .expect("instantiate");
                     whole.push(micros(started.elapsed()));
-                    inst.push(micros(took));
+                    store.push(micros(took.store));
+                    inst.push(micros(took.store + took.instance));
                 }
             });
-            inst.sort_by(f64::total_cmp);
-            whole.sort_by(f64::total_cmp);
-            (inst, whole)
+            (sorted(store), sorted(inst), sorted(whole))
         };
-        run(count / 10); // warm-up
-        let (inst, whole) = run(count);
+        // wasmtime's own floor for the same component: an empty store, and
+        // every import a trapping host function (as many lowered imports as
+        // Gantry's linker gives it), in the same engine and pool.
+        let component = match &version.loaded.pre {
+            ProxyPre::P2(p) => p.instance_pre().component().clone(),
+            ProxyPre::P3(p) => p.instance_pre().component().clone(),
+        };
+        let mut linker = wasmtime::component::Linker::<()>::new(runtime.engine());
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .expect("trapping imports");
+        let floor_pre = linker.instantiate_pre(&component).expect("instance pre");
+        let floor = |n: usize| {
+            let mut times = Vec::with_capacity(n);
+            rt.block_on(async {
+                for _ in 0..n {
+                    let started = Instant::now();
+                    let mut store = wasmtime::Store::new(runtime.engine(), ());
+                    // The engine counts epochs: without a deadline ahead, the
+                    // component's start-up code would trap at once.
+                    store.set_epoch_deadline(1 << 20);
+                    floor_pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .expect("instantiate");
+                    times.push(micros(started.elapsed()));
+                }
+            });
+            sorted(times)
+        };
+        // Warm-up, then the two interleaved in blocks so that both meet the
+        // same machine.
+        run(count / 10);
+        floor(count / 10);
+        let (mut store, mut inst, mut whole, mut bare) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..4 {
+            let (s, i, w) = run(count / 4);
+            store.extend(s);
+            inst.extend(i);
+            whole.extend(w);
+            bare.extend(floor(count / 4));
+        }
+        let (store, inst, whole, bare) = (sorted(store), sorted(inst), sorted(whole), sorted(bare));
         println!(
-            "  {:<6} ({:>4} KiB, {}) store + instantiate: p50 {:>6.1} us  p99 {:>6.1} us | \
-             with the store dropped: p50 {:>6.1} us  p99 {:>6.1} us",
+            "  {:<6} ({:>4} KiB, {}) store + instantiate: p50 {:>6.1} us  p99 {:>6.1} us \
+             (store with host state p50 {:>4.1} us) | with the store dropped: p50 {:>6.1} us  p99 {:>6.1} us",
             slot.id,
             version.loaded.size / 1024,
             version.loaded.world,
             quantile(&inst, 0.5),
             quantile(&inst, 0.99),
+            quantile(&store, 0.5),
             quantile(&whole, 0.5),
             quantile(&whole, 0.99),
         );
+        println!(
+            "  {:<6} wasmtime floor (empty store, trapping imports): p50 {:>6.1} us  p99 {:>6.1} us \
+             -> Gantry / floor at p50 {:.2}x",
+            "",
+            quantile(&bare, 0.5),
+            quantile(&bare, 0.99),
+            quantile(&inst, 0.5) / quantile(&bare, 0.5),
+        );
     }
+}
+
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
 }
 
 /// Routes of every kind Spin has, `n` in all.
@@ -151,58 +209,76 @@ fn routes(n: usize) -> Vec<(String, String)> {
 }
 
 fn router_lookup() {
-    println!("router lookup (ns per lookup over a mix of hits and misses; 200 batches of 10,000):");
-    let mut per_size = Vec::new();
-    for n in [10usize, 1000] {
-        let table = routes(n);
-        let router = Router::build(
-            table
-                .iter()
-                .enumerate()
-                .map(|(i, (r, c))| (r.as_str(), c.as_str(), i)),
-        );
-        // The same mix for both sizes: each route kind hit equally often
-        // (at spread-out routes), one lookup in five a miss.
-        let paths: Vec<String> = (0..64)
-            .map(|k| {
-                let kind = k % 5;
-                let i = ((k * 7919) % (n / 4)) * 4 + kind;
-                match kind {
-                    0 => format!("/svc{i}"),
-                    1 => format!("/svc{i}/a/b/c"),
-                    2 => format!("/api/v1/items{i}/42"),
-                    3 => format!("/static/{i}/assets/app.js"),
-                    _ => format!("/missing/{k}"),
-                }
-            })
-            .collect();
-        let mut hits = 0usize;
-        let mut batches = Vec::new();
-        for _ in 0..200 {
+    println!(
+        "router lookup (ns per lookup over a mix of hits and misses; 200 batches of 10,000 \
+         per size, the sizes interleaved):"
+    );
+    let sizes = [10usize, 1000];
+    let tables: Vec<(Router, Vec<String>)> = sizes
+        .iter()
+        .map(|&n| {
+            let table = routes(n);
+            let router = Router::build(
+                table
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (r, c))| (r.as_str(), c.as_str(), i)),
+            );
+            // The same mix for both sizes: each route kind hit equally often
+            // (at spread-out routes), one lookup in five a miss.
+            let paths: Vec<String> = (0..64)
+                .map(|k| {
+                    let kind = k % 5;
+                    let i = ((k * 7919) % (n / 4)) * 4 + kind;
+                    match kind {
+                        0 => format!("/svc{i}"),
+                        1 => format!("/svc{i}/a/b/c"),
+                        2 => format!("/api/v1/items{i}/42"),
+                        3 => format!("/static/{i}/assets/app.js"),
+                        _ => format!("/missing/{k}"),
+                    }
+                })
+                .collect();
+            (router, paths)
+        })
+        .collect();
+    let mut hits = vec![0usize; sizes.len()];
+    let mut batches = vec![Vec::new(); sizes.len()];
+    let mut ratios = Vec::new();
+    for _ in 0..200 {
+        let mut this_round = Vec::new();
+        for (s, (router, paths)) in tables.iter().enumerate() {
             let started = Instant::now();
             for j in 0..10_000 {
                 if router
                     .route(std::hint::black_box(&paths[j % paths.len()]))
                     .is_some()
                 {
-                    hits += 1;
+                    hits[s] += 1;
                 }
             }
-            batches.push(started.elapsed().as_secs_f64() * 1e9 / 10_000.0);
+            let ns = started.elapsed().as_secs_f64() * 1e9 / 10_000.0;
+            batches[s].push(ns);
+            this_round.push(ns);
         }
-        batches.sort_by(f64::total_cmp);
+        ratios.push(this_round[1] / this_round[0]);
+    }
+    for (s, n) in sizes.iter().enumerate() {
+        let b = sorted(std::mem::take(&mut batches[s]));
         println!(
             "  {n:>5} routes: p50 {:>6.1} ns  p99 {:>6.1} ns  ({} of {} lookups matched)",
-            quantile(&batches, 0.5),
-            quantile(&batches, 0.99),
-            hits,
+            quantile(&b, 0.5),
+            quantile(&b, 0.99),
+            hits[s],
             200 * 10_000
         );
-        per_size.push(quantile(&batches, 0.5));
     }
+    let ratios = sorted(ratios);
     println!(
-        "  1,000 routes / 10 routes: {:.2}x",
-        per_size[1] / per_size[0]
+        "  1,000 routes / 10 routes, batch by batch: p50 {:.2}x (p10 {:.2}x, p90 {:.2}x)",
+        quantile(&ratios, 0.5),
+        quantile(&ratios, 0.1),
+        quantile(&ratios, 0.9)
     );
 }
 
