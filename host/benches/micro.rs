@@ -120,7 +120,7 @@ source = "{wasm}/hello.wasm"
                     inst.push(micros(took.store + took.instance));
                 }
             });
-            (sorted(store), sorted(inst), sorted(whole))
+            (store, inst, whole)
         };
         // wasmtime's own floor for the same component: an empty store, and
         // every import a trapping host function (as many lowered imports as
@@ -150,7 +150,7 @@ source = "{wasm}/hello.wasm"
                     times.push(micros(started.elapsed()));
                 }
             });
-            sorted(times)
+            times
         };
         // Warm-up, then the two interleaved in blocks so that both meet the
         // same machine.

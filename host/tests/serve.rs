@@ -76,8 +76,8 @@ async fn a_trap_costs_one_request() {
     );
 }
 
-/// Memory kept resident between instances is reset in place (the default
-/// where PAGEMAP_SCAN exists; forced here, and off for comparison): no request
+/// Memory kept resident between instances is reset in place (the default on
+/// Linux; forced here, and off for comparison): no request
 /// sees what an earlier one wrote, whether the data segments are copied in or
 /// mapped copy-on-write, one request at a time (the same slot again and
 /// again) or many at once.
