@@ -141,6 +141,14 @@ pub struct UpArgs {
     #[arg(long, env = "GANTRY_POOL_KEEP_RESIDENT", value_parser = parse_size)]
     pub pool_keep_resident: Option<u64>,
 
+    /// Do not track which kept pages guests write. Where PAGEMAP_SCAN alone
+    /// cannot tell (checked at start), Gantry registers the pool's memory
+    /// with a userfaultfd and write-protects it before first use, so that a
+    /// release zeroes only the pages the guest wrote; this turns that off
+    /// (the whole kept memory is zeroed instead).
+    #[arg(long, env = "GANTRY_NO_WRITE_TRACKING")]
+    pub no_write_tracking: bool,
+
     /// How an instance's memory gets its initial contents: `copy` the data
     /// segments in, map the image copy-on-write (`cow`), or `auto`: copy when
     /// every component at start has at most 64 KiB of data, else cow.
@@ -286,6 +294,7 @@ fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool
         pooling,
         keep_resident: 0,
         memory_init_cow: true,
+        track_writes: true,
     }
 }
 
@@ -424,6 +433,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let config = RuntimeConfig {
         keep_resident,
         memory_init_cow,
+        track_writes: !args.no_write_tracking,
         ..runtime_config(
             &args.app,
             args.pool_size,

@@ -3,10 +3,13 @@
 //! The pool keeps released memory resident and resets it in place
 //! (`--pool-keep-resident`). wasmtime can ask `PAGEMAP_SCAN` (Linux 6.7+)
 //! which pages an instance wrote and zero only those. Some kernels answer
-//! that every page of an anonymous mapping was written, touched or not. There
-//! the scan only adds its own cost to the zeroing of the whole kept memory,
-//! so the pool is told not to scan. One probe at start, on 8 pages of its
-//! own: write one, read one, ask.
+//! that every page of an anonymous mapping was written, touched or not
+//! (what "written" means there is "not write-protected by a userfaultfd").
+//! There Gantry tracks writes itself ([`WriteTracker`]): the pool's memory is
+//! registered with a userfaultfd and write-protected before first use, and
+//! the scan becomes exact for it. Where neither works, the pool is told not
+//! to scan and zeroes the whole kept memory. Two probes at start, on 8 pages
+//! of their own: write one, read one, ask (once plain, once tracked).
 
 use std::sync::OnceLock;
 
@@ -35,16 +38,27 @@ impl std::fmt::Display for Scan {
 /// The probe's answer, computed once per process.
 pub fn scan() -> Scan {
     static ANSWER: OnceLock<Scan> = OnceLock::new();
-    *ANSWER.get_or_init(probe)
+    *ANSWER.get_or_init(|| probe(false))
+}
+
+/// The same probe on pages registered for write tracking
+/// ([`WriteTracker`]) and write-protected before they are touched: what the
+/// pool's memory answers once Gantry tracks it.
+pub fn tracked_scan() -> Scan {
+    static ANSWER: OnceLock<Scan> = OnceLock::new();
+    *ANSWER.get_or_init(|| probe(true))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn probe() -> Scan {
+fn probe(_tracked: bool) -> Scan {
     Scan::Missing
 }
 
+/// Pages of `[start, start + len)` that `PAGEMAP_SCAN` reports written and
+/// neither the shared zero page nor file backed: the question wasmtime
+/// asks. `None` where the call fails.
 #[cfg(target_os = "linux")]
-fn probe() -> Scan {
+fn written_pages(pagemap: &std::fs::File, start: usize, len: usize) -> Option<u64> {
     use std::os::fd::AsRawFd;
 
     // Page categories and the request layout of <linux/fs.h>.
@@ -76,16 +90,44 @@ fn probe() -> Scan {
     // _IOWR('f', 16, struct pm_scan_arg)
     const PAGEMAP_SCAN: u64 =
         (3 << 30) | ((std::mem::size_of::<ScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
-    const PAGES: usize = 8;
+    const REGIONS: usize = 64;
 
+    let mut regions = [Region::default(); REGIONS];
+    let mut arg = ScanArg {
+        size: std::mem::size_of::<ScanArg>() as u64,
+        flags: 0,
+        start: start as u64,
+        end: (start + len) as u64,
+        walk_end: 0,
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: REGIONS as u64,
+        max_pages: 0,
+        category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO | PAGE_IS_FILE,
+        category_anyof_mask: 0,
+        return_mask: 0,
+    };
+    // SAFETY: `arg` is a valid pm_scan_arg describing the caller's range and
+    // an output buffer of `vec_len` regions that outlives the call; the scan
+    // only reads page tables.
+    let found = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+    let n = usize::try_from(found).ok()?;
+    let page = page_size() as u64;
+    Some(
+        regions[..n.min(REGIONS)]
+            .iter()
+            .map(|r| r.end.saturating_sub(r.start) / page)
+            .sum(),
+    )
+}
+
+#[cfg(target_os = "linux")]
+fn probe(tracked: bool) -> Scan {
+    const PAGES: usize = 8;
     let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
         return Scan::Missing;
     };
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as usize,
-        _ => return Scan::Missing,
-    };
+    let page = page_size();
     let len = PAGES * page;
     // SAFETY: a fresh private anonymous mapping that nothing else refers to;
     // it is unmapped below before the function returns.
@@ -103,46 +145,203 @@ fn probe() -> Scan {
         return Scan::Missing;
     }
     let base = base.cast::<u8>();
+    // Tracked: registered and write-protected while nothing is written yet,
+    // as the pool is.
+    let tracker = if tracked {
+        match WriteTracker::register(base as usize, len)
+            .and_then(|t| t.protect(base as usize, len).map(|()| t))
+        {
+            Ok(t) => Some(t),
+            Err(_) => {
+                // SAFETY: the mapping made above, no longer used.
+                unsafe { libc::munmap(base.cast(), len) };
+                return Scan::Missing;
+            }
+        }
+    } else {
+        None
+    };
     // SAFETY: both offsets lie inside the mapping made above, which is
     // readable and writable.
     unsafe {
         base.add(page).write_volatile(1);
         let _ = base.add(3 * page).read_volatile();
     }
-    let mut regions = [Region::default(); PAGES];
-    let mut arg = ScanArg {
-        size: std::mem::size_of::<ScanArg>() as u64,
-        flags: 0,
-        start: base as u64,
-        end: base as u64 + len as u64,
-        walk_end: 0,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: PAGES as u64,
-        max_pages: 0,
-        // Written pages that are neither the shared zero page nor file
-        // backed: the question wasmtime asks.
-        category_inverted: PAGE_IS_PFNZERO | PAGE_IS_FILE,
-        category_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO | PAGE_IS_FILE,
-        category_anyof_mask: 0,
-        return_mask: 0,
-    };
-    // SAFETY: `arg` is a valid pm_scan_arg describing the mapping above and
-    // an output buffer of `vec_len` regions that outlives the call.
-    let found = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
-    let written: u64 = match usize::try_from(found) {
-        Ok(n) => regions[..n.min(PAGES)]
-            .iter()
-            .map(|r| r.end.saturating_sub(r.start) / page as u64)
-            .sum(),
-        Err(_) => u64::MAX,
-    };
+    let written = written_pages(&pagemap, base as usize, len);
+    drop(tracker);
     // SAFETY: the mapping made above, no longer used.
     unsafe { libc::munmap(base.cast(), len) };
     match written {
-        u64::MAX => Scan::Missing,
-        1 => Scan::Exact,
-        n => Scan::Inexact(n),
+        None => Scan::Missing,
+        Some(1) => Scan::Exact,
+        Some(n) => Scan::Inexact(n),
     }
+}
+
+/// The host's page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => 4096,
+    }
+}
+
+/// Write tracking for memory where the kernel alone does not say which pages
+/// were written: a userfaultfd with asynchronous write protection (Linux
+/// 6.7+). A page that is write-protected while it still holds zeros reads
+/// as not written in `PAGEMAP_SCAN` until something writes to it; the write
+/// itself lifts the protection (in the fault, before the write lands, with
+/// no handler thread) and from then on the page reads as written. Nothing
+/// ever protects a page again, so a page that reads as unwritten still holds
+/// the zeros it was protected with.
+///
+/// Memory stays registered while the tracker lives: dropping it ends the
+/// tracking, and every page then reads as written again (safe, only slower).
+pub struct WriteTracker {
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::OwnedFd,
+}
+
+#[cfg(target_os = "linux")]
+mod uffd {
+    // <linux/userfaultfd.h>
+    pub const API: u64 = 0xAA;
+    pub const USER_MODE_ONLY: libc::c_int = 1;
+    pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+    pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+    pub const REGISTER_MODE_WP: u64 = 1 << 1;
+    pub const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+    #[repr(C)]
+    pub struct Api {
+        pub api: u64,
+        pub features: u64,
+        pub ioctls: u64,
+    }
+    #[repr(C)]
+    pub struct Range {
+        pub start: u64,
+        pub len: u64,
+    }
+    #[repr(C)]
+    pub struct Register {
+        pub range: Range,
+        pub mode: u64,
+        pub ioctls: u64,
+    }
+    #[repr(C)]
+    pub struct WriteProtect {
+        pub range: Range,
+        pub mode: u64,
+    }
+    const fn iowr(nr: u64, size: usize) -> u64 {
+        (3 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+    }
+    pub const IOCTL_API: u64 = iowr(0x3F, std::mem::size_of::<Api>());
+    pub const IOCTL_REGISTER: u64 = iowr(0x00, std::mem::size_of::<Register>());
+    pub const IOCTL_WRITEPROTECT: u64 = iowr(0x06, std::mem::size_of::<WriteProtect>());
+}
+
+impl WriteTracker {
+    /// Registers `[start, start + len)` for write tracking. The range must be
+    /// whole private anonymous mappings (any protection).
+    #[cfg(target_os = "linux")]
+    pub fn register(start: usize, len: usize) -> std::io::Result<WriteTracker> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: userfaultfd takes flags only; user-mode-only needs no
+        // privilege (Linux 5.11+).
+        let raw = unsafe {
+            libc::syscall(
+                libc::SYS_userfaultfd,
+                libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::USER_MODE_ONLY,
+            )
+        };
+        let raw = i32::try_from(raw).map_err(|_| std::io::Error::other("bad descriptor"))?;
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor the kernel just returned, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut api = uffd::Api {
+            api: uffd::API,
+            features: uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED,
+            ioctls: 0,
+        };
+        // SAFETY: a valid uffdio_api for this descriptor.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_API as _, &mut api) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut reg = uffd::Register {
+            range: uffd::Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: uffd::REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        // SAFETY: a valid uffdio_register; registering changes no contents.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), uffd::IOCTL_REGISTER as _, &mut reg) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(WriteTracker { fd })
+    }
+
+    /// Write-protects `[start, start + len)`, which must be registered and
+    /// hold only zeros (untouched memory). Page tables for the range are
+    /// allocated now (one page per 2 MiB on x86-64).
+    #[cfg(target_os = "linux")]
+    pub fn protect(&self, start: usize, len: usize) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut wp = uffd::WriteProtect {
+            range: uffd::Range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: uffd::WRITEPROTECT_MODE_WP,
+        };
+        // SAFETY: a valid uffdio_writeprotect; protection is lifted by the
+        // kernel itself on the next write (asynchronous mode).
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), uffd::IOCTL_WRITEPROTECT as _, &mut wp) } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn register(_start: usize, _len: usize) -> std::io::Result<WriteTracker> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn protect(&self, _start: usize, _len: usize) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Start addresses of the inaccessible anonymous reservations of exactly
+/// `len` bytes in this process (`/proc/self/maps`): how the memory pool's
+/// slab is found right after the engine reserves it.
+pub fn reservations(len: usize) -> Vec<usize> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    maps.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms, _offset, _dev, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            if perms != "---p" || inode != "0" || f.next().is_some() {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            let (a, b) = (
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            );
+            (b.checked_sub(a)? == len).then_some(a)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -152,9 +351,72 @@ mod tests {
     #[test]
     fn the_probe_answers_and_agrees_with_itself() {
         let first = scan();
-        assert_eq!(first, probe());
+        assert_eq!(first, probe(false));
         if let Scan::Inexact(n) = first {
             assert!(n != 1 && n <= 8, "{first}");
         }
+        let tracked = tracked_scan();
+        assert_eq!(tracked, probe(true));
+        println!("plain {first}, tracked {tracked}");
+    }
+
+    /// A tracked page a guest wrote stays written after the reset writes
+    /// zeros over it; pages nobody wrote, or only read, never show up.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn tracked_pages_read_as_written_until_the_end() {
+        if tracked_scan() != Scan::Exact {
+            println!(
+                "no write tracking here ({}): nothing to check",
+                tracked_scan()
+            );
+            return;
+        }
+        let page = page_size();
+        let len = 64 * page;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let base = base.cast::<u8>();
+        // As for the pool: registered and protected while inaccessible, made
+        // accessible later.
+        let tracker = WriteTracker::register(base as usize, len).expect("register");
+        tracker.protect(base as usize, len).expect("protect");
+        // SAFETY: the mapping above.
+        assert_eq!(
+            unsafe { libc::mprotect(base.cast(), len, libc::PROT_READ | libc::PROT_WRITE) },
+            0
+        );
+        let pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
+        let written = |what: &str| -> Vec<usize> {
+            let pages: Vec<usize> = (0..64)
+                .filter(|i| written_pages(&pagemap, base as usize + i * page, page) == Some(1))
+                .collect();
+            println!("{what}: {pages:?}");
+            pages
+        };
+        assert_eq!(written("fresh"), Vec::<usize>::new());
+        // SAFETY: inside the mapping, now readable and writable.
+        unsafe {
+            base.add(3 * page + 17).write_volatile(1);
+            base.add(40 * page).write_volatile(2);
+            let _ = base.add(20 * page).read_volatile();
+        }
+        assert_eq!(written("two writes, one read"), vec![3, 40]);
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes(base.add(3 * page), 0, page) };
+        assert_eq!(written("after the reset"), vec![3, 40]);
+        drop(tracker);
+        // SAFETY: the mapping above, no longer used.
+        unsafe { libc::munmap(base.cast(), len) };
     }
 }

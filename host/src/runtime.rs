@@ -45,6 +45,10 @@ pub struct RuntimeConfig {
     /// Map each instance's initial memory copy-on-write from the compiled
     /// image (true) or copy the data segments in (false); see `MemoryInit`.
     pub memory_init_cow: bool,
+    /// Track which pages of the pool's memory guests write (userfaultfd),
+    /// where the kernel's `PAGEMAP_SCAN` alone cannot tell; see
+    /// `pagemap::WriteTracker` and `--no-write-tracking`.
+    pub track_writes: bool,
 }
 
 /// How a new instance's linear memory gets its initial contents
@@ -192,6 +196,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             keep_resident: default_keep_resident(),
             memory_init_cow: true,
+            track_writes: true,
         }
     }
 }
@@ -275,6 +280,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     pooling: bool,
     stop_ticker: Arc<AtomicBool>,
+    /// The pool's write tracking, while it lives; `None` where the kernel
+    /// needs none or it could not be set up.
+    write_tracking: Option<(crate::pagemap::WriteTracker, usize)>,
 }
 
 impl Drop for Runtime {
@@ -286,13 +294,53 @@ impl Drop for Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
         let mut pooling = false;
+        let mut write_tracking = None;
         let engine = if config.pooling {
-            let mut wcfg = base_config(&config);
-            let pool = pooling_config(&config);
             let need = pool_reservation_bytes(&config);
             if probe_address_space(need) {
-                wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-                match Engine::new(&wcfg) {
+                let exact = crate::pagemap::scan() == crate::pagemap::Scan::Exact;
+                let slab = if exact || config.keep_resident == 0 || !config.track_writes {
+                    None
+                } else if crate::pagemap::tracked_scan() == crate::pagemap::Scan::Exact {
+                    MemorySlab::of(&config)
+                } else {
+                    tracing::debug!(
+                        "no write tracking: the tracked probe found {}",
+                        crate::pagemap::tracked_scan()
+                    );
+                    None
+                };
+                let before = slab
+                    .as_ref()
+                    .map(|s| crate::pagemap::reservations(s.total))
+                    .unwrap_or_default();
+                let pooled = |scan: bool| {
+                    let mut wcfg = base_config(&config);
+                    wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                        &config, scan,
+                    )));
+                    Engine::new(&wcfg)
+                };
+                let engine = match (pooled(exact || slab.is_some()), slab) {
+                    (Ok(e), Some(slab)) => match slab.track(&before) {
+                        Ok(tracker) => {
+                            tracing::info!(
+                                slots = slab.slots,
+                                protected_per_slot = slab.protect,
+                                "pool memory write tracking on (userfaultfd): only pages a guest wrote are reset"
+                            );
+                            write_tracking = Some((tracker, slab.slots));
+                            Ok(e)
+                        }
+                        Err(why) => {
+                            tracing::info!("pool memory write tracking unavailable: {why}");
+                            drop(e);
+                            pooled(exact)
+                        }
+                    },
+                    (result, _) => result,
+                };
+                match engine {
                     Ok(e) => {
                         pooling = true;
                         e
@@ -328,6 +376,7 @@ impl Runtime {
             config,
             pooling,
             stop_ticker,
+            write_tracking,
         })
     }
 
@@ -341,6 +390,11 @@ impl Runtime {
 
     pub fn uses_pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// How many memory slots of the pool have their writes tracked (0: none).
+    pub fn write_tracked_slots(&self) -> usize {
+        self.write_tracking.as_ref().map_or(0, |(_, n)| *n)
     }
 
     /// Reads, compiles (or loads from cache), links and type-checks a
@@ -471,8 +525,11 @@ fn base_config(cfg: &RuntimeConfig) -> Config {
     // Reserve only what a memory may grow to (not wasmtime's 4 GiB default),
     // for pool and on-demand alike: it keeps a pool of instances within a
     // 39-bit address space, at the price of explicit bounds checks.
-    c.memory_reservation(cfg.max_instance_memory.next_power_of_two().max(1 << 20));
+    c.memory_reservation(memory_reservation(cfg));
     c.memory_guard_size(GUARD);
+    // wasmtime's default on 64-bit hosts, stated because `MemorySlab`
+    // relies on the layout it gives the pool.
+    c.guard_before_linear_memory(true);
     c.memory_init_cow(cfg.memory_init_cow);
     c
 }
@@ -488,7 +545,11 @@ const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
 /// Bytes of each table kept resident (and zeroed in place) between requests.
 const TABLE_KEEP_RESIDENT: usize = 4096;
 
-fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
+fn memory_reservation(cfg: &RuntimeConfig) -> u64 {
+    cfg.max_instance_memory.next_power_of_two().max(1 << 20)
+}
+
+fn pooling_config(cfg: &RuntimeConfig, scan: bool) -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::default();
     let n = cfg.pool_size.max(1);
     p.total_component_instances(n);
@@ -505,7 +566,8 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // each one is a trapped MSR write), and the next request faults each
     // page back in. Keeping pages resident trades that for a reset in place:
     // of the pages the guest wrote where PAGEMAP_SCAN says exactly which
-    // they are, else of the whole kept memory (`pagemap::scan`). The kept
+    // they are (by itself, or with Gantry's write tracking: `scan`), else
+    // of the whole kept memory. The kept
     // size must cover the whole memory: beyond it the tail is still handed
     // back with madvise, one flush per request all the same.
     let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
@@ -517,7 +579,7 @@ fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     // `plain`: 2 of the 3 madvise calls per request). One page per table is
     // the whole RSS cost.
     p.table_keep_resident(TABLE_KEEP_RESIDENT);
-    p.pagemap_scan(if crate::pagemap::scan() == crate::pagemap::Scan::Exact {
+    p.pagemap_scan(if scan {
         wasmtime::Enabled::Yes
     } else {
         wasmtime::Enabled::No
@@ -539,6 +601,75 @@ pub fn default_keep_resident() -> u64 {
 }
 
 const DEFAULT_KEEP_RESIDENT: u64 = 2 << 20;
+
+/// Where the pool's linear memories live: one inaccessible reservation that
+/// wasmtime makes when the engine is built (a guard, then one slot per
+/// memory). The layout is wasmtime's for this engine's settings (no memory
+/// protection keys, guard before the slots); `track` checks it against the
+/// process's mappings before it touches anything.
+struct MemorySlab {
+    /// Bytes of the whole reservation.
+    total: usize,
+    /// Offset of the first slot.
+    first: usize,
+    /// Bytes from one slot to the next.
+    stride: usize,
+    slots: usize,
+    /// Bytes at the start of each slot that are write-protected: the kept
+    /// memory, where resets happen in place.
+    protect: usize,
+}
+
+impl MemorySlab {
+    fn of(cfg: &RuntimeConfig) -> Option<MemorySlab> {
+        let page = crate::pagemap::page_size() as u64;
+        let up = |x: u64| -> Option<usize> {
+            usize::try_from(x.checked_add(page - 1)? / page * page).ok()
+        };
+        let max_memory = up(cfg.max_instance_memory)?;
+        let guard = up(GUARD)?;
+        let stride = up(memory_reservation(cfg))?
+            .max(max_memory)
+            .checked_add(guard)?;
+        let slots = usize::try_from(cfg.pool_size.max(1))
+            .ok()?
+            .checked_mul(MEMORIES_PER_COMPONENT as usize)?;
+        Some(MemorySlab {
+            total: stride.checked_mul(slots)?.checked_add(guard)?,
+            first: guard,
+            stride,
+            slots,
+            protect: up(cfg.keep_resident)?.min(max_memory),
+        })
+    }
+
+    /// Finds the reservation the engine just made (the one mapping of
+    /// exactly this size that `before` did not list), registers it and
+    /// write-protects the kept part of every slot. Nothing has been
+    /// instantiated yet, so every page protected still holds zeros.
+    fn track(&self, before: &[usize]) -> Result<crate::pagemap::WriteTracker, String> {
+        let new: Vec<usize> = crate::pagemap::reservations(self.total)
+            .into_iter()
+            .filter(|a| !before.contains(a))
+            .collect();
+        let [start] = new[..] else {
+            return Err(format!(
+                "{} new reservations of {} bytes, expected exactly one",
+                new.len(),
+                self.total
+            ));
+        };
+        let tracker = crate::pagemap::WriteTracker::register(start, self.total)
+            .map_err(|e| format!("userfaultfd: {e}"))?;
+        for i in 0..self.slots {
+            let base = start + self.first + i * self.stride;
+            tracker
+                .protect(base, self.protect)
+                .map_err(|e| format!("write-protecting slot {i}: {e}"))?;
+        }
+        Ok(tracker)
+    }
+}
 
 fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
     // Each memory slot reserves the default 4 GiB on 64-bit hosts unless told

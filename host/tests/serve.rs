@@ -77,22 +77,35 @@ async fn a_trap_costs_one_request() {
 }
 
 /// Memory kept resident between instances is reset in place (the default on
-/// Linux; forced here, and off for comparison): no request
-/// sees what an earlier one wrote, whether the data segments are copied in or
-/// mapped copy-on-write, one request at a time (the same slot again and
-/// again) or many at once.
+/// Linux; forced here, and off for comparison): no request sees what an
+/// earlier one wrote, whether the data segments are copied in or mapped
+/// copy-on-write, one request at a time (the same slot again and again) or
+/// many at once, and whether a release zeroes every kept page or only those
+/// the guest wrote (write tracking, on by default where the kernel needs it).
+/// `alpha` reads a counter, a data segment value and pages it grows itself,
+/// then writes to all three.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_gets_a_pristine_instance() {
-    for (keep, init) in [("4MiB", "copy"), ("4MiB", "cow"), ("0", "auto")] {
-        let g = Gantry::start(
-            &root_manifest(),
-            &["--pool-keep-resident", keep, "--memory-init", init],
-        );
+    use gantry::pagemap::{Scan, scan, tracked_scan};
+    let tracking_here = scan() != Scan::Exact && tracked_scan() == Scan::Exact;
+    for (keep, init, tracking) in [
+        ("4MiB", "copy", true),
+        ("4MiB", "copy", false),
+        ("4MiB", "cow", true),
+        ("0", "auto", true),
+    ] {
+        let mut args = vec!["--pool-keep-resident", keep, "--memory-init", init];
+        if !tracking {
+            args.push("--no-write-tracking");
+        }
+        let g = Gantry::start(&root_manifest(), &args);
         let pristine = |r: &Reply| {
             assert_eq!(r.status, 200, "{}", r.text());
             let j = r.json();
-            assert_eq!(j["served_before"], 0, "keep {keep}, {init}: {j}");
-            assert_eq!(j["seed"], 7, "keep {keep}, {init}: {j}");
+            let case = format!("keep {keep}, {init}, tracking {tracking}: {j}");
+            assert_eq!(j["served_before"], 0, "{case}");
+            assert_eq!(j["seed"], 7, "{case}");
+            assert_eq!(j["grown_zero"], true, "{case}");
         };
         for _ in 0..30 {
             pristine(&get(&g.url("/alpha")).await);
@@ -100,6 +113,15 @@ async fn every_request_gets_a_pristine_instance() {
         let url = g.url("/alpha");
         let replies = futures::future::join_all((0..64).map(|_| get(&url))).await;
         replies.iter().for_each(pristine);
+        // The tracked cases really ran tracked where this kernel allows it.
+        let tracked = g.stderr().contains("write tracking on");
+        assert_eq!(
+            tracked,
+            tracking_here && tracking && keep != "0",
+            "keep {keep}, {init}, tracking {tracking} (scan {}, tracked {})",
+            scan(),
+            tracked_scan()
+        );
     }
 }
 

@@ -18,6 +18,31 @@ struct Alpha;
 static SERVED: AtomicU32 = AtomicU32::new(0);
 static SEED: AtomicU32 = AtomicU32::new(7);
 
+/// Grows memory by a few pages of its own and says whether they read as
+/// zeros, as WebAssembly promises, then fills them. A host that reused memory
+/// without resetting what the previous instance wrote would show it here on
+/// the next request (`grown_zero` false).
+fn grown_pages_are_zero() -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        const PAGES: usize = 4;
+        let before = core::arch::wasm32::memory_grow(0, PAGES);
+        if before == usize::MAX {
+            return false;
+        }
+        // SAFETY: the pages were just grown and are used by nothing else: the
+        // allocator only uses memory it grows itself.
+        let bytes =
+            unsafe { core::slice::from_raw_parts_mut((before * 65536) as *mut u8, PAGES * 65536) };
+        let zero = bytes.iter().all(|&b| b == 0);
+        bytes.fill(0xAB);
+        std::hint::black_box(bytes);
+        zero
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    true
+}
+
 fn json_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -64,13 +89,15 @@ impl Guest for Alpha {
         gantry_telemetry::metrics::counter_add("alpha_requests", 1, &[("method", &method)]);
         let served_before = SERVED.fetch_add(1, Ordering::Relaxed);
         let seed = SEED.swap(0, Ordering::Relaxed);
+        let grown_zero = grown_pages_are_zero();
         let body = format!(
-            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{}}}\n",
+            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{},\"grown_zero\":{}}}\n",
             json_escape(&method),
             json_escape(&path),
             spin.join(","),
             served_before,
-            seed
+            seed,
+            grown_zero
         );
 
         let headers = Fields::new();
