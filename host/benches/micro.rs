@@ -485,7 +485,9 @@ fn main() {
     // Whether this kernel's PAGEMAP_SCAN names only the pages a guest wrote:
     // it decides how much of each kept-resident memory a release zeroes.
     println!(
-        "\nPAGEMAP_SCAN (probed as at start: 8 pages mapped, 1 written, 1 read): {}",
-        gantry::pagemap::scan()
+        "\nPAGEMAP_SCAN (probed as at start: 8 pages mapped, 1 written, 1 read): {}; \
+         with Gantry's write tracking (userfaultfd): {}",
+        gantry::pagemap::scan(),
+        gantry::pagemap::tracked_scan()
     );
 }
