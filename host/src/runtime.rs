@@ -310,6 +310,15 @@ impl Runtime {
                     );
                     None
                 };
+                // One engine at a time in this process from here to the end
+                // of `track`: the one new reservation of the slab's size is
+                // then this engine's, never another runtime's that may
+                // already be serving (whose written pages must not be
+                // protected as if they held zeros).
+                static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let _one = BUILDING
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let before = slab
                     .as_ref()
                     .map(|s| crate::pagemap::reservations(s.total))
@@ -646,7 +655,10 @@ impl MemorySlab {
     /// Finds the reservation the engine just made (the one mapping of
     /// exactly this size that `before` did not list), registers it and
     /// write-protects the kept part of every slot. Nothing has been
-    /// instantiated yet, so every page protected still holds zeros.
+    /// instantiated yet, so every page protected still holds zeros: the
+    /// reservation is still one inaccessible mapping (`reservations`), and
+    /// engines are built one at a time (`Runtime::new`). Anything else found
+    /// (none, or more than one) leaves the pool untracked.
     fn track(&self, before: &[usize]) -> Result<crate::pagemap::WriteTracker, String> {
         let new: Vec<usize> = crate::pagemap::reservations(self.total)
             .into_iter()
