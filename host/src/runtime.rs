@@ -280,9 +280,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     pooling: bool,
     stop_ticker: Arc<AtomicBool>,
-    /// The pool's write tracking, while it lives; `None` where the kernel
-    /// needs none or it could not be set up.
-    write_tracking: Option<(crate::pagemap::WriteTracker, usize)>,
+    /// The pool's write tracking, held only to keep it alive as long as the
+    /// runtime; `None` where the kernel needs none or it could not be set up.
+    _write_tracking: Option<crate::pagemap::WriteTracker>,
 }
 
 impl Drop for Runtime {
@@ -338,7 +338,7 @@ impl Runtime {
                                 protected_per_slot = slab.protect,
                                 "pool memory write tracking on (userfaultfd): only pages a guest wrote are reset"
                             );
-                            write_tracking = Some((tracker, slab.slots));
+                            write_tracking = Some(tracker);
                             Ok(e)
                         }
                         Err(why) => {
@@ -385,7 +385,7 @@ impl Runtime {
             config,
             pooling,
             stop_ticker,
-            write_tracking,
+            _write_tracking: write_tracking,
         })
     }
 
@@ -399,11 +399,6 @@ impl Runtime {
 
     pub fn uses_pooling(&self) -> bool {
         self.pooling
-    }
-
-    /// How many memory slots of the pool have their writes tracked (0: none).
-    pub fn write_tracked_slots(&self) -> usize {
-        self.write_tracking.as_ref().map_or(0, |(_, n)| *n)
     }
 
     /// Reads, compiles (or loads from cache), links and type-checks a
@@ -686,7 +681,7 @@ impl MemorySlab {
 fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
     // Each memory slot reserves the default 4 GiB on 64-bit hosts unless told
     // otherwise; Gantry reserves exactly the memory limit plus a guard.
-    let slot = cfg.max_instance_memory.next_power_of_two().max(1 << 20) + GUARD;
+    let slot = memory_reservation(cfg) + GUARD;
     slot * u64::from(cfg.pool_size.max(1)) * u64::from(MEMORIES_PER_COMPONENT)
 }
 
