@@ -25,4 +25,5 @@ pub fn init_logging(format: LogFormat) {
 pub mod logs;
 pub mod metrics;
 pub mod otlp_metrics;
+pub mod otlp_traces;
 pub mod trace;

@@ -48,7 +48,7 @@ pub struct MetricsExport {
 }
 
 /// The first of the named variables that is set and not blank.
-fn env_first(names: &[&str]) -> Option<String> {
+pub(crate) fn env_first(names: &[&str]) -> Option<String> {
     names
         .iter()
         .filter_map(|n| std::env::var(n).ok())
@@ -56,7 +56,7 @@ fn env_first(names: &[&str]) -> Option<String> {
         .find(|v| !v.is_empty())
 }
 
-fn env_millis(name: &str, default: u64) -> Duration {
+pub(crate) fn env_millis(name: &str, default: u64) -> Duration {
     Duration::from_millis(
         std::env::var(name)
             .ok()
@@ -81,12 +81,12 @@ pub fn parse_headers(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn headers() -> Vec<(String, String)> {
+/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`.
+pub(crate) fn signal_headers(signal: &str) -> Vec<(String, String)> {
     let mut out = parse_headers(&env_first(&["OTEL_EXPORTER_OTLP_HEADERS"]).unwrap_or_default());
     // Signal-specific headers override the general ones, key by key.
-    for (k, v) in
-        parse_headers(&env_first(&["OTEL_EXPORTER_OTLP_METRICS_HEADERS"]).unwrap_or_default())
-    {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS");
+    for (k, v) in parse_headers(&env_first(&[own.as_str()]).unwrap_or_default()) {
         out.retain(|(ok, _)| !ok.eq_ignore_ascii_case(&k));
         out.push((k, v));
     }
@@ -112,7 +112,7 @@ impl Transport {
                     .connect_lazy();
                 Ok(Transport::Grpc {
                     client: MetricsServiceClient::new(channel),
-                    headers: headers(),
+                    headers: signal_headers("METRICS"),
                 })
             }
             "http/protobuf" => {
@@ -126,7 +126,7 @@ impl Transport {
                 Ok(Transport::Http {
                     client: reqwest::Client::new(),
                     url,
-                    headers: headers(),
+                    headers: signal_headers("METRICS"),
                 })
             }
             other => anyhow::bail!(

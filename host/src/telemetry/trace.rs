@@ -69,7 +69,12 @@ impl Tracing {
             .with_resource(resource())
             .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
         let exporting = otlp_configured("TRACES");
-        if exporting {
+        if exporting && super::otlp_traces::applies() {
+            builder = builder.with_batch_exporter(CountingExporter {
+                inner: super::otlp_traces::HttpSpanExporter::from_env(),
+                dropped,
+            });
+        } else if exporting {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}"))?;

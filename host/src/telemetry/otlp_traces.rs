@@ -1,0 +1,550 @@
+//! Spans over OTLP http/protobuf, encoded straight from the SDK's `SpanData`.
+//!
+//! The SDK's own exporter first converts every span into the generated
+//! protobuf structs (a `String` or `Vec` per id, name, key and value), then
+//! sizes and encodes them. Under load that conversion was most of the export
+//! thread's CPU and a good share of the process's allocations. Here each batch
+//! is written in one pass into one buffer: ids, names and attribute strings
+//! are copied once, into the request body, and nothing else is allocated per
+//! span. Batching, the queue and its limits stay the SDK's
+//! (`OTEL_BSP_*`); the wire format is the same `ExportTraceServiceRequest`.
+//!
+//! Used for `http/protobuf` without compression (the default). gRPC and
+//! compressed exports keep the SDK's exporter.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, Key, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+use super::otlp_metrics::{env_first, env_millis, signal_headers};
+
+/// Protobuf wire types.
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+/// A protobuf writer. Scalars at their default value are left out (proto3),
+/// except inside `AnyValue`'s oneof, where presence is the value.
+#[derive(Default)]
+pub struct Pb {
+    pub buf: Vec<u8>,
+}
+
+impl Pb {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from((field << 3) | wire));
+    }
+
+    fn uint(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.key(field, VARINT);
+            self.varint(v);
+        }
+    }
+
+    fn fixed64(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.key(field, FIXED64);
+            self.buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn fixed32(&mut self, field: u32, v: u32) {
+        if v != 0 {
+            self.key(field, FIXED32);
+            self.buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// A string or bytes field, left out when empty.
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            self.present_bytes(field, b);
+        }
+    }
+
+    fn present_bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, LEN);
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    /// An embedded message: written in place, then its length is slid in
+    /// front of it (one move of the message's bytes per nesting level).
+    fn message(&mut self, field: u32, body: impl FnOnce(&mut Pb)) {
+        self.key(field, LEN);
+        let start = self.buf.len();
+        body(self);
+        let mut len = (self.buf.len() - start) as u64;
+        let mut prefix = [0u8; 10];
+        let mut n = 0;
+        while len >= 0x80 {
+            prefix[n] = (len as u8) | 0x80;
+            len >>= 7;
+            n += 1;
+        }
+        prefix[n] = len as u8;
+        self.buf
+            .splice(start..start, prefix[..=n].iter().copied());
+    }
+
+    fn any_value(&mut self, v: &Value) {
+        match v {
+            Value::String(s) => self.present_bytes(1, s.as_str().as_bytes()),
+            Value::Bool(b) => {
+                self.key(2, VARINT);
+                self.varint(u64::from(*b));
+            }
+            Value::I64(i) => {
+                self.key(3, VARINT);
+                self.varint(*i as u64);
+            }
+            Value::F64(f) => {
+                self.key(4, FIXED64);
+                self.buf.extend_from_slice(&f.to_le_bytes());
+            }
+            Value::Array(a) => self.message(5, |pb| pb.array(a)),
+            // A kind of value newer than this encoder: its text.
+            other => self.present_bytes(1, other.as_str().as_bytes()),
+        }
+    }
+
+    fn array(&mut self, a: &Array) {
+        match a {
+            Array::Bool(v) => v
+                .iter()
+                .for_each(|x| self.message(1, |pb| pb.any_value(&Value::Bool(*x)))),
+            Array::I64(v) => v
+                .iter()
+                .for_each(|x| self.message(1, |pb| pb.any_value(&Value::I64(*x)))),
+            Array::F64(v) => v
+                .iter()
+                .for_each(|x| self.message(1, |pb| pb.any_value(&Value::F64(*x)))),
+            Array::String(v) => v
+                .iter()
+                .for_each(|x| self.message(1, |pb| pb.present_bytes(1, x.as_str().as_bytes()))),
+            other => {
+                let text = other.to_string();
+                self.message(1, |pb| pb.present_bytes(1, text.as_bytes()));
+            }
+        }
+    }
+
+    fn attribute(&mut self, field: u32, k: &Key, v: &Value) {
+        self.message(field, |pb| {
+            pb.bytes(1, k.as_str().as_bytes());
+            pb.message(2, |pb| pb.any_value(v));
+        });
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// OTLP span flags: the W3C trace flags, and whether the parent (or the
+/// linked span) is remote, with the bit that says that is known.
+fn span_flags(sc_flags: u8, remote: bool) -> u32 {
+    const HAS_IS_REMOTE: u32 = 0x100;
+    const IS_REMOTE: u32 = 0x200;
+    u32::from(sc_flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
+}
+
+fn kind_code(kind: &SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn ids(pb: &mut Pb, sc: &SpanContext) {
+    pb.bytes(1, &sc.trace_id().to_bytes());
+    pb.bytes(2, &sc.span_id().to_bytes());
+    let state = sc.trace_state().header();
+    pb.bytes(3, state.as_bytes());
+}
+
+/// One `Span` message (fields of opentelemetry/proto/trace/v1/trace.proto).
+fn span(pb: &mut Pb, s: &SpanData) {
+    ids(pb, &s.span_context);
+    if s.parent_span_id != SpanId::INVALID {
+        pb.bytes(4, &s.parent_span_id.to_bytes());
+    }
+    pb.bytes(5, s.name.as_bytes());
+    pb.uint(6, kind_code(&s.span_kind));
+    pb.fixed64(7, unix_nanos(s.start_time));
+    pb.fixed64(8, unix_nanos(s.end_time));
+    for kv in &s.attributes {
+        pb.attribute(9, &kv.key, &kv.value);
+    }
+    pb.uint(10, u64::from(s.dropped_attributes_count));
+    for e in s.events.iter() {
+        pb.message(11, |pb| {
+            pb.fixed64(1, unix_nanos(e.timestamp));
+            pb.bytes(2, e.name.as_bytes());
+            for kv in &e.attributes {
+                pb.attribute(3, &kv.key, &kv.value);
+            }
+            pb.uint(4, u64::from(e.dropped_attributes_count));
+        });
+    }
+    pb.uint(12, u64::from(s.events.dropped_count));
+    for l in s.links.iter() {
+        pb.message(13, |pb| {
+            ids(pb, &l.span_context);
+            for kv in &l.attributes {
+                pb.attribute(4, &kv.key, &kv.value);
+            }
+            pb.uint(5, u64::from(l.dropped_attributes_count));
+            pb.fixed32(
+                6,
+                span_flags(
+                    l.span_context.trace_flags().to_u8(),
+                    l.span_context.is_remote(),
+                ),
+            );
+        });
+    }
+    pb.uint(14, u64::from(s.links.dropped_count));
+    match &s.status {
+        // Present though empty, as the SDK's conversion writes it.
+        Status::Unset => pb.message(15, |_| {}),
+        Status::Ok => pb.message(15, |pb| pb.uint(3, 1)),
+        Status::Error { description } => pb.message(15, |pb| {
+            pb.bytes(2, description.as_bytes());
+            pb.uint(3, 2);
+        }),
+    }
+    pb.fixed32(
+        16,
+        span_flags(
+            s.span_context.trace_flags().to_u8(),
+            s.parent_span_is_remote,
+        ),
+    );
+}
+
+fn scope(pb: &mut Pb, scope: &InstrumentationScope) {
+    pb.bytes(1, scope.name().as_bytes());
+    pb.bytes(2, scope.version().unwrap_or_default().as_bytes());
+    for kv in scope.attributes() {
+        pb.attribute(3, &kv.key, &kv.value);
+    }
+}
+
+/// The body of a `Resource` message.
+pub fn resource_body(resource: &Resource) -> Vec<u8> {
+    let mut pb = Pb::default();
+    for (k, v) in resource.iter() {
+        pb.attribute(1, k, v);
+    }
+    pb.buf
+}
+
+/// An `ExportTraceServiceRequest` for `batch`: one `ResourceSpans`, one
+/// `ScopeSpans` per instrumentation scope, in order of first appearance.
+pub fn encode_request(resource: &[u8], resource_schema: &str, batch: &[SpanData], out: &mut Vec<u8>) {
+    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    for s in batch {
+        if !scopes.contains(&&s.instrumentation_scope) {
+            scopes.push(&s.instrumentation_scope);
+        }
+    }
+    let mut pb = Pb {
+        buf: std::mem::take(out),
+    };
+    pb.message(1, |pb| {
+        pb.message(1, |pb| pb.buf.extend_from_slice(resource));
+        for sc in &scopes {
+            pb.message(2, |pb| {
+                pb.message(1, |pb| scope(pb, sc));
+                for s in batch.iter().filter(|s| &&s.instrumentation_scope == sc) {
+                    pb.message(2, |pb| span(pb, s));
+                }
+                pb.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
+            });
+        }
+        pb.bytes(3, resource_schema.as_bytes());
+    });
+    *out = pb.buf;
+}
+
+/// Is the trace export `http/protobuf` without compression, the case this
+/// exporter serves?
+pub fn applies() -> bool {
+    let protocol = env_first(&[
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ])
+    .unwrap_or_else(|| "http/protobuf".into());
+    let compression = env_first(&[
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ])
+    .unwrap_or_default();
+    protocol == "http/protobuf" && (compression.is_empty() || compression == "none")
+}
+
+/// Posts encoded batches to the collector's `/v1/traces`.
+#[derive(Debug)]
+pub struct HttpSpanExporter {
+    url: String,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+    /// Built on first use, on the SDK's export thread: a blocking client
+    /// must not be made or dropped inside the async runtime.
+    client: OnceLock<Result<reqwest::blocking::Client, String>>,
+    resource: Vec<u8>,
+    resource_schema: String,
+    /// The last body's size, to allocate the next one once.
+    size_hint: AtomicUsize,
+    failing: AtomicBool,
+}
+
+impl HttpSpanExporter {
+    /// Configured by the standard variables: the traces endpoint as given,
+    /// or the general one with `/v1/traces`; headers; timeout.
+    pub fn from_env() -> HttpSpanExporter {
+        let url = match (
+            env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]),
+            env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+        ) {
+            (Some(s), _) => s,
+            (None, Some(g)) => format!("{}/v1/traces", g.trim_end_matches('/')),
+            (None, None) => "http://localhost:4318/v1/traces".into(),
+        };
+        let timeout = if env_first(&["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"]).is_some() {
+            env_millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)
+        } else {
+            env_millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)
+        };
+        HttpSpanExporter {
+            url,
+            headers: signal_headers("TRACES"),
+            timeout,
+            client: OnceLock::new(),
+            resource: resource_body(&super::trace::resource()),
+            resource_schema: String::new(),
+            size_hint: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn post(&self, body: Vec<u8>) -> Result<(), String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(self.timeout)
+                    .build()
+                    .map_err(|e| format!("cannot build the HTTP client: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let mut req = client
+            .post(self.url.as_str())
+            .header("content-type", "application/x-protobuf")
+            .body(body);
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("collector answered {}", resp.status()));
+        }
+        Ok(())
+    }
+}
+
+impl SpanExporter for HttpSpanExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(self.size_hint.load(Ordering::Relaxed));
+        encode_request(&self.resource, &self.resource_schema, &batch, &mut body);
+        self.size_hint.store(body.len(), Ordering::Relaxed);
+        match self.post(body) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(url = %self.url, "trace export recovered");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(url = %self.url, error = %e, "trace export failed; spans are dropped and counted until it recovers");
+                }
+                Err(OTelSdkError::InternalFailure(e))
+            }
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource_body(resource);
+        self.resource_schema = resource.schema_url().unwrap_or_default().to_string();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        Link, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+        Tracer as _, TracerProvider as _,
+    };
+    use opentelemetry::{Context, KeyValue};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use prost::Message as _;
+    use std::sync::{Arc, Mutex};
+
+    /// Keeps every span it is given.
+    #[derive(Debug, Clone, Default)]
+    struct Keep(Arc<Mutex<Vec<SpanData>>>);
+    impl SpanExporter for Keep {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend(batch);
+            }
+            Ok(())
+        }
+    }
+
+    /// Spans of every shape the host makes: a server span under a remote
+    /// parent with tracestate, attributes of every kind, an event, a link,
+    /// an error; a client span; an OK span of a second scope with a version
+    /// and attributes; a root span with nothing set.
+    fn spans() -> (Vec<SpanData>, Resource) {
+        let keep = Keep::default();
+        let resource = Resource::builder()
+            .with_service_name("otlp-test")
+            .with_attribute(KeyValue::new("service.version", "1.2.3"))
+            .with_schema_url([], "https://opentelemetry.io/schemas/1.26.0")
+            .build();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_simple_exporter(keep.clone())
+            .with_resource(resource.clone())
+            .build();
+        let gantry = provider.tracer("gantry");
+        let scope = InstrumentationScope::builder("guest")
+            .with_version("0.1")
+            .with_schema_url("https://example.com/schema")
+            .with_attributes([KeyValue::new("scope.attr", 7)])
+            .build();
+        let guest = provider.tracer_with_scope(scope);
+
+        let state = TraceState::from_key_value([("vendor", "v1"), ("other", "x")])
+            .unwrap_or_default();
+        let remote = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID),
+            TraceFlags::SAMPLED,
+            true,
+            state,
+        );
+        let parent = Context::new().with_remote_span_context(remote.clone());
+        let server = gantry
+            .span_builder("GET /hello")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.route", "/hello"),
+                KeyValue::new("client.port", 51234_i64),
+                KeyValue::new("negative", -3_i64),
+                KeyValue::new("ratio", 0.25),
+                KeyValue::new("flag", true),
+                KeyValue::new("off", false),
+                KeyValue::new("empty", ""),
+                KeyValue::new("zero", 0_i64),
+                KeyValue::new("long", "x".repeat(300)),
+                KeyValue::new("ints", Value::Array(Array::I64(vec![1, -2, 300]))),
+                KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))),
+                KeyValue::new("floats", Value::Array(Array::F64(vec![1.5, -0.0]))),
+                KeyValue::new("strings", Value::Array(Array::String(vec!["a".into(), "".into()]))),
+            ])
+            .with_links(vec![Link::new(
+                remote.clone(),
+                vec![KeyValue::new("link.kind", "follows")],
+                0,
+            )])
+            .start_with_context(&gantry, &parent);
+        let cx = parent.with_span(server);
+        let mut client = gantry
+            .span_builder("GET")
+            .with_kind(SpanKind::Client)
+            .with_attributes([KeyValue::new("server.address", "127.0.0.1")])
+            .start_with_context(&gantry, &cx);
+        use opentelemetry::trace::Span as _;
+        client.end();
+        let mut inner = guest.start_with_context("example-request", &cx);
+        inner.add_event("step", vec![KeyValue::new("n", 1_i64)]);
+        inner.set_status(Status::Ok);
+        inner.end();
+        let span = cx.span();
+        span.add_event("body sent", vec![]);
+        span.set_status(Status::error("HTTP 500"));
+        span.end();
+        gantry.start("root").end();
+        let _ = provider.shutdown();
+        let spans = keep.0.lock().map(|v| v.clone()).unwrap_or_default();
+        (spans, resource)
+    }
+
+    #[test]
+    fn encodes_what_the_sdk_conversion_produces() {
+        let (spans, resource) = spans();
+        assert_eq!(spans.len(), 4, "the provider should have ended four spans");
+        let mut body = Vec::new();
+        encode_request(
+            &resource_body(&resource),
+            resource.schema_url().unwrap_or_default(),
+            &spans,
+            &mut body,
+        );
+        let ours = ExportTraceServiceRequest::decode(body.as_slice())
+            .unwrap_or_else(|e| panic!("our body does not decode: {e}"));
+        let reference = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                spans,
+                &ResourceAttributesWithSchema::from(&resource),
+            ),
+        };
+        assert_eq!(ours, reference);
+        // And byte for byte, once the reference is re-encoded: the same
+        // fields, in field order, with proto3 defaults left out.
+        assert_eq!(body, reference.encode_to_vec());
+        assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+    }
+
+    #[test]
+    fn lengths_of_every_size_are_prefixed_correctly() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let mut pb = Pb::default();
+            pb.message(1, |pb| pb.buf.extend(std::iter::repeat_n(7u8, n)));
+            let mut want = Vec::new();
+            prost::encoding::bytes::encode(1, &vec![7u8; n], &mut want);
+            assert_eq!(pb.buf, want, "length {n}");
+        }
+    }
+}
