@@ -258,12 +258,12 @@ fn components_json(swapper: &Swapper) -> serde_json::Value {
             serde_json::json!({
                 "id": &*slot.id,
                 "source": v.loaded.source.display().to_string(),
-                "digest": v.loaded.digest,
+                "digest": &*v.loaded.digest,
                 "wasi_http": v.loaded.world.to_string(),
                 "size": v.loaded.size,
                 "loaded_at": loaded_at,
                 "swaps": slot.swaps.load(Ordering::Relaxed),
-                "previous_digest": slot.previous.load().as_ref().map(|p| p.loaded.digest.clone()),
+                "previous_digest": slot.previous.load().as_ref().map(|p| p.loaded.digest.to_string()),
                 "last_error": slot.error(),
             })
         })

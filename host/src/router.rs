@@ -24,6 +24,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 pub struct RouteEntry {
     /// The route as written in the manifest, e.g. `/api/...`.
     pub raw: String,
+    /// The same, shared: span attributes take it without a copy.
+    pub route: Arc<str>,
     /// The route without trailing slash (Spin's "based" route with base `/`).
     pub based: String,
     pub component: Arc<str>,
@@ -180,6 +182,7 @@ impl Router {
             };
             router.entries.push(RouteEntry {
                 raw: raw.to_string(),
+                route: Arc::from(raw),
                 based,
                 component: Arc::from(component),
                 component_index: index,

@@ -263,8 +263,8 @@ pub fn digest(bytes: &[u8]) -> String {
 pub struct LoadedComponent {
     pub id: Arc<str>,
     pub source: PathBuf,
-    /// `sha256:<hex>` of the `.wasm` bytes.
-    pub digest: String,
+    /// `sha256:<hex>` of the `.wasm` bytes (shared: every span carries it).
+    pub digest: Arc<str>,
     pub size: u64,
     pub world: HttpWorld,
     pub pre: ProxyPre<HostState>,
@@ -447,7 +447,7 @@ impl Runtime {
         Ok(LoadedComponent {
             id: Arc::from(id),
             source: path_buf,
-            digest,
+            digest: digest.into(),
             size: bytes.len() as u64,
             world,
             pre,
@@ -856,7 +856,7 @@ pub fn load_app_over(
                 let digest = digest(&bytes);
                 let current = before.map(|s| s.current.load_full());
                 match current {
-                    Some(v) if v.loaded.digest == digest && v.loaded.source == spec.source => {
+                    Some(v) if *v.loaded.digest == *digest && v.loaded.source == spec.source => {
                         Ok(v.loaded.clone())
                     }
                     _ => runtime.load_bytes(id, &spec.source, &bytes).map(Arc::new),

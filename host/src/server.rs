@@ -180,18 +180,19 @@ impl AppServer {
         let method = parts.method.as_str();
         // Attributes only matter to a span that leaves the process.
         let attrs = if self.tracing.exporting {
-            let mut attrs = vec![
-                KeyValue::new("http.request.method", method.to_string()),
-                KeyValue::new("http.route", route.to_string()),
+            let mut attrs = Vec::with_capacity(12);
+            attrs.extend([
+                KeyValue::new("http.request.method", method_value(&parts.method)),
+                KeyValue::new("http.route", m.entry.route.clone()),
                 KeyValue::new("url.path", path.to_string()),
                 KeyValue::new("url.scheme", "http"),
                 KeyValue::new("client.address", client.ip().to_string()),
                 KeyValue::new("client.port", i64::from(client.port())),
                 KeyValue::new("server.address", host.clone()),
                 KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-                KeyValue::new("gantry.component.id", component.to_string()),
+                KeyValue::new("gantry.component.id", component.clone()),
                 KeyValue::new("gantry.component.digest", version.loaded.digest.clone()),
-            ];
+            ]);
             if let Some(q) = parts.uri.query() {
                 attrs.push(KeyValue::new("url.query", q.to_string()));
             }
@@ -347,6 +348,24 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// `http.request.method`: the standard methods without a copy.
+fn method_value(m: &http::Method) -> opentelemetry::StringValue {
+    use http::Method;
+    let known: &'static str = match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return m.as_str().to_string().into(),
+    };
+    known.into()
 }
 
 fn protocol_version(v: http::Version) -> &'static str {

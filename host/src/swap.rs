@@ -154,8 +154,8 @@ impl Swapper {
         };
         let swapped = Swapped {
             component: id.to_string(),
-            digest: loaded.digest.clone(),
-            previous: current.loaded.digest.clone(),
+            digest: loaded.digest.to_string(),
+            previous: current.loaded.digest.to_string(),
             took_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
         let old = slot.current.swap(Arc::new(Version {
@@ -196,8 +196,8 @@ impl Swapper {
         let old = slot.current.swap(previous);
         let swapped = Swapped {
             component: id.to_string(),
-            digest: to,
-            previous: old.loaded.digest.clone(),
+            digest: to.to_string(),
+            previous: old.loaded.digest.to_string(),
             took_ms: 0.0,
         };
         slot.previous.store(Some(old));
@@ -359,7 +359,7 @@ impl Swapper {
                 continue;
             }
             // Touched but the same bytes (or already swapped in by the API).
-            if runtime::digest(&bytes) == current.loaded.digest {
+            if *runtime::digest(&bytes) == *current.loaded.digest {
                 continue;
             }
             let _ = self.replace(&slot.id, bytes.clone(), "file").await;

@@ -99,8 +99,7 @@ impl Pb {
             n += 1;
         }
         prefix[n] = len as u8;
-        self.buf
-            .splice(start..start, prefix[..=n].iter().copied());
+        self.buf.splice(start..start, prefix[..=n].iter().copied());
     }
 
     fn any_value(&mut self, v: &Value) {
@@ -263,7 +262,12 @@ pub fn resource_body(resource: &Resource) -> Vec<u8> {
 
 /// An `ExportTraceServiceRequest` for `batch`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope, in order of first appearance.
-pub fn encode_request(resource: &[u8], resource_schema: &str, batch: &[SpanData], out: &mut Vec<u8>) {
+pub fn encode_request(
+    resource: &[u8],
+    resource_schema: &str,
+    batch: &[SpanData],
+    out: &mut Vec<u8>,
+) {
     let mut scopes: Vec<&InstrumentationScope> = Vec::new();
     for s in batch {
         if !scopes.contains(&&s.instrumentation_scope) {
@@ -410,8 +414,8 @@ impl SpanExporter for HttpSpanExporter {
 mod tests {
     use super::*;
     use opentelemetry::trace::{
-        Link, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-        Tracer as _, TracerProvider as _,
+        Link, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+        TracerProvider as _,
     };
     use opentelemetry::{Context, KeyValue};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -455,8 +459,8 @@ mod tests {
             .build();
         let guest = provider.tracer_with_scope(scope);
 
-        let state = TraceState::from_key_value([("vendor", "v1"), ("other", "x")])
-            .unwrap_or_default();
+        let state =
+            TraceState::from_key_value([("vendor", "v1"), ("other", "x")]).unwrap_or_default();
         let remote = SpanContext::new(
             TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap_or(TraceId::INVALID),
             SpanId::from_hex("00f067aa0ba902b7").unwrap_or(SpanId::INVALID),
@@ -481,7 +485,10 @@ mod tests {
                 KeyValue::new("ints", Value::Array(Array::I64(vec![1, -2, 300]))),
                 KeyValue::new("bools", Value::Array(Array::Bool(vec![true, false]))),
                 KeyValue::new("floats", Value::Array(Array::F64(vec![1.5, -0.0]))),
-                KeyValue::new("strings", Value::Array(Array::String(vec!["a".into(), "".into()]))),
+                KeyValue::new(
+                    "strings",
+                    Value::Array(Array::String(vec!["a".into(), "".into()])),
+                ),
             ])
             .with_links(vec![Link::new(
                 remote.clone(),
