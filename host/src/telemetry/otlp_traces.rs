@@ -309,6 +309,28 @@ pub fn applies() -> bool {
     protocol == "http/protobuf" && (compression.is_empty() || compression == "none")
 }
 
+/// Where spans go: the traces endpoint as given, else the general one with
+/// the signal's path (OTLP exporter specification), else the default.
+fn traces_url(signal: Option<String>, general: Option<String>) -> anyhow::Result<String> {
+    let (url, from) = match (signal, general) {
+        (Some(s), _) => (s, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        (None, Some(g)) => (
+            format!("{}/v1/traces", g.trim_end_matches('/')),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (None, None) => ("http://localhost:4318/v1/traces".into(), "the default"),
+    };
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url),
+        Ok(u) => anyhow::bail!(
+            "{from}: the OTLP traces endpoint {url:?} must be an http:// or https:// URL with a \
+             host, not {:?}",
+            u.scheme()
+        ),
+        Err(e) => anyhow::bail!("{from}: the OTLP traces endpoint {url:?} is not a URL: {e}"),
+    }
+}
+
 /// Posts encoded batches to the collector's `/v1/traces`.
 #[derive(Debug)]
 pub struct HttpSpanExporter {
@@ -327,22 +349,19 @@ pub struct HttpSpanExporter {
 
 impl HttpSpanExporter {
     /// Configured by the standard variables: the traces endpoint as given,
-    /// or the general one with `/v1/traces`; headers; timeout.
-    pub fn from_env() -> HttpSpanExporter {
-        let url = match (
+    /// or the general one with `/v1/traces`; headers; timeout. An endpoint
+    /// that is not an http(s) URL is refused here, at start.
+    pub fn from_env() -> anyhow::Result<HttpSpanExporter> {
+        let url = traces_url(
             env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]),
             env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]),
-        ) {
-            (Some(s), _) => s,
-            (None, Some(g)) => format!("{}/v1/traces", g.trim_end_matches('/')),
-            (None, None) => "http://localhost:4318/v1/traces".into(),
-        };
+        )?;
         let timeout = if env_first(&["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"]).is_some() {
             env_millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)
         } else {
             env_millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)
         };
-        HttpSpanExporter {
+        Ok(HttpSpanExporter {
             url,
             headers: signal_headers("TRACES"),
             timeout,
@@ -351,7 +370,7 @@ impl HttpSpanExporter {
             resource_schema: String::new(),
             size_hint: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
-        }
+        })
     }
 
     fn post(&self, body: Vec<u8>) -> Result<(), String> {
@@ -542,6 +561,32 @@ mod tests {
         // fields, in field order, with proto3 defaults left out.
         assert_eq!(body, reference.encode_to_vec());
         assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+    }
+
+    #[test]
+    fn the_endpoint_follows_the_specification_and_bad_ones_are_refused() {
+        let url = |s: Option<&str>, g: Option<&str>| {
+            traces_url(s.map(String::from), g.map(String::from)).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            url(None, Some("http://c:4318/")).as_deref(),
+            Ok("http://c:4318/v1/traces")
+        );
+        assert_eq!(
+            url(Some("https://c/custom"), Some("http://other:4318")).as_deref(),
+            Ok("https://c/custom")
+        );
+        assert_eq!(
+            url(None, None).as_deref(),
+            Ok("http://localhost:4318/v1/traces")
+        );
+        let e = url(None, Some("collector:4318")).err().unwrap_or_default();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+        let e = url(Some("not a url"), None).err().unwrap_or_default();
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") && e.contains("not a URL"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Tracing {
         let exporting = otlp_configured("TRACES");
         if exporting && super::otlp_traces::applies() {
             builder = builder.with_batch_exporter(CountingExporter {
-                inner: super::otlp_traces::HttpSpanExporter::from_env(),
+                inner: super::otlp_traces::HttpSpanExporter::from_env()?,
                 dropped,
             });
         } else if exporting {
