@@ -37,13 +37,23 @@ pub struct Pb {
     pub buf: Vec<u8>,
 }
 
+/// `v` as a varint: the bytes and how many of them are used.
+fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        out[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    out[n] = v as u8;
+    (out, n + 1)
+}
+
 impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.buf.push(v as u8);
+    fn varint(&mut self, v: u64) {
+        let (bytes, n) = varint_bytes(v);
+        self.buf.extend_from_slice(&bytes[..n]);
     }
 
     fn key(&mut self, field: u32, wire: u32) {
@@ -90,16 +100,8 @@ impl Pb {
         self.key(field, LEN);
         let start = self.buf.len();
         body(self);
-        let mut len = (self.buf.len() - start) as u64;
-        let mut prefix = [0u8; 10];
-        let mut n = 0;
-        while len >= 0x80 {
-            prefix[n] = (len as u8) | 0x80;
-            len >>= 7;
-            n += 1;
-        }
-        prefix[n] = len as u8;
-        self.buf.splice(start..start, prefix[..=n].iter().copied());
+        let (prefix, n) = varint_bytes((self.buf.len() - start) as u64);
+        self.buf.splice(start..start, prefix[..n].iter().copied());
     }
 
     fn any_value(&mut self, v: &Value) {
