@@ -127,7 +127,8 @@ impl AppServer {
         client: SocketAddr,
         local: SocketAddr,
     ) -> Response<WasiBody> {
-        let path = req.uri().path().to_string();
+        // Shared with the span's `url.path`, so exporting copies nothing.
+        let path: Arc<str> = Arc::from(req.uri().path());
         let component = component.clone();
 
         if let Some(len) = content_length(&req)
@@ -142,9 +143,9 @@ impl AppServer {
             .headers
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| local.to_string());
+            .map(Arc::<str>::from)
+            .or_else(|| parts.uri.authority().map(|a| Arc::from(a.as_str())))
+            .unwrap_or_else(|| Arc::from(local.to_string()));
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -184,7 +185,7 @@ impl AppServer {
             attrs.extend([
                 KeyValue::new("http.request.method", method_value(&parts.method)),
                 KeyValue::new("http.route", m.entry.route.clone()),
-                KeyValue::new("url.path", path.to_string()),
+                KeyValue::new("url.path", path.clone()),
                 KeyValue::new("url.scheme", "http"),
                 KeyValue::new("client.address", client.ip().to_string()),
                 KeyValue::new("client.port", i64::from(client.port())),
@@ -207,9 +208,11 @@ impl AppServer {
         } else {
             Vec::new()
         };
-        let cx = self
-            .tracing
-            .server_span(&parent, format!("{method} {route}"), attrs);
+        let mut name = String::with_capacity(method.len() + 1 + route.len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(route);
+        let cx = self.tracing.server_span(&parent, name, attrs);
         self.tracing.inject(&cx, &mut parts.headers);
         // Every log line of this request carries its trace id.
         tracing::Span::current().record(

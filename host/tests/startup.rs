@@ -1,4 +1,4 @@
-//! Start-up paths: `--build`, and the fallback from the pooling allocator when
+//! Start-up paths: `--build`, OTLP endpoints refused before serving, and the fallback from the pooling allocator when
 //! the address space is too small (as on 39-bit Raspberry Pi kernels).
 
 mod common;
@@ -67,6 +67,55 @@ command = "exit 3"
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("build of component x failed"), "{err}");
+}
+
+#[test]
+fn an_otlp_endpoint_that_is_not_a_url_stops_start_up_with_the_variable_named() {
+    let alpha = wasm("alpha");
+    let (_dir, manifest) = write_manifest(&format!(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "endpoints"
+[[trigger.http]]
+route = "/x"
+component = "x"
+[component.x]
+source = "{}"
+"#,
+        alpha.display()
+    ));
+    // The scheme left out, the usual typo; then one per signal.
+    for (var, value, signal) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "traces"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url", "traces"),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "ftp://collector",
+            "metrics",
+        ),
+    ] {
+        let out = Command::new(gantry_bin())
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "-f",
+            ])
+            .arg(&manifest)
+            .env(var, value)
+            .env_remove("OTEL_SDK_DISABLED")
+            .output()
+            .expect("run gantry");
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("Error: {var}: the OTLP {signal} endpoint")),
+            "{var}={value}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

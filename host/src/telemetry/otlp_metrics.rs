@@ -93,6 +93,41 @@ pub(crate) fn signal_headers(signal: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Where an http/protobuf export of `signal` (`TRACES`, `METRICS`) goes,
+/// given `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` and `OTEL_EXPORTER_OTLP_ENDPOINT`:
+/// the signal's own endpoint as given, else the general one with the
+/// signal's path `/v1/<signal>`, else the local default (OTLP exporter
+/// specification). One that is not an http(s) URL with a host is refused,
+/// naming the variable it came from, so a typo fails at start instead of at
+/// every export.
+pub fn http_signal_url(
+    signal: &str,
+    own: Option<String>,
+    general: Option<String>,
+) -> anyhow::Result<String> {
+    let lower = signal.to_ascii_lowercase();
+    let (url, from) = match (own, general) {
+        (Some(s), _) => (s, format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")),
+        (None, Some(g)) => (
+            format!("{}/v1/{lower}", g.trim_end_matches('/')),
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+        ),
+        (None, None) => (
+            format!("http://localhost:4318/v1/{lower}"),
+            "the default".to_string(),
+        ),
+    };
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url),
+        Ok(u) => anyhow::bail!(
+            "{from}: the OTLP {lower} endpoint {url:?} must be an http:// or https:// URL with \
+             a host, not {:?}",
+            u.scheme()
+        ),
+        Err(e) => anyhow::bail!("{from}: the OTLP {lower} endpoint {url:?} is not a URL: {e}"),
+    }
+}
+
 impl Transport {
     fn from_env() -> anyhow::Result<Transport> {
         let protocol = env_first(&[
@@ -116,13 +151,7 @@ impl Transport {
                 })
             }
             "http/protobuf" => {
-                // The signal's own endpoint is used as is; the general one
-                // gets the signal's path (OTLP exporter specification).
-                let url = match (signal, general) {
-                    (Some(s), _) => s,
-                    (None, Some(g)) => format!("{}/v1/metrics", g.trim_end_matches('/')),
-                    (None, None) => "http://localhost:4318/v1/metrics".into(),
-                };
+                let url = http_signal_url("METRICS", signal, general)?;
                 Ok(Transport::Http {
                     client: reqwest::Client::new(),
                     url,
@@ -392,6 +421,39 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_follow_the_specification_and_bad_ones_are_refused() {
+        for (signal, path) in [("TRACES", "traces"), ("METRICS", "metrics")] {
+            let url = |s: Option<&str>, g: Option<&str>| {
+                http_signal_url(signal, s.map(String::from), g.map(String::from))
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(
+                url(None, Some("http://c:4318/")),
+                Ok(format!("http://c:4318/v1/{path}"))
+            );
+            assert_eq!(
+                url(Some("https://c/custom"), Some("http://other:4318")).as_deref(),
+                Ok("https://c/custom")
+            );
+            assert_eq!(
+                url(None, None),
+                Ok(format!("http://localhost:4318/v1/{path}"))
+            );
+            let e = url(None, Some("collector:4318")).err().unwrap_or_default();
+            assert!(
+                e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && e.contains("http://"),
+                "{e}"
+            );
+            let e = url(Some("not a url"), None).err().unwrap_or_default();
+            assert!(
+                e.contains(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+                    && e.contains("not a URL"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn headers_parse_like_the_specification_says() {

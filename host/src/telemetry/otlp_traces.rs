@@ -22,7 +22,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use super::otlp_metrics::{env_first, env_millis, signal_headers};
+use super::otlp_metrics::{env_first, env_millis, http_signal_url, signal_headers};
 
 /// Protobuf wire types.
 const VARINT: u32 = 0;
@@ -94,14 +94,22 @@ impl Pb {
         self.buf.extend_from_slice(b);
     }
 
-    /// An embedded message: written in place, then its length is slid in
-    /// front of it (one move of the message's bytes per nesting level).
+    /// An embedded message, written in place behind a one-byte length.
+    /// Most messages (a key and value, a value) are under 128 bytes, so the
+    /// byte is all they need; a longer one (a span, a scope) is moved along
+    /// once to make room for its wider length.
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Pb)) {
         self.key(field, LEN);
-        let start = self.buf.len();
+        let at = self.buf.len();
+        self.buf.push(0);
         body(self);
-        let (prefix, n) = varint_bytes((self.buf.len() - start) as u64);
-        self.buf.splice(start..start, prefix[..n].iter().copied());
+        let end = self.buf.len();
+        let (prefix, n) = varint_bytes((end - at - 1) as u64);
+        if n > 1 {
+            self.buf.resize(end + n - 1, 0);
+            self.buf.copy_within(at + 1..end, at + n);
+        }
+        self.buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
 
     fn any_value(&mut self, v: &Value) {
@@ -311,28 +319,6 @@ pub fn applies() -> bool {
     protocol == "http/protobuf" && (compression.is_empty() || compression == "none")
 }
 
-/// Where spans go: the traces endpoint as given, else the general one with
-/// the signal's path (OTLP exporter specification), else the default.
-fn traces_url(signal: Option<String>, general: Option<String>) -> anyhow::Result<String> {
-    let (url, from) = match (signal, general) {
-        (Some(s), _) => (s, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-        (None, Some(g)) => (
-            format!("{}/v1/traces", g.trim_end_matches('/')),
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ),
-        (None, None) => ("http://localhost:4318/v1/traces".into(), "the default"),
-    };
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url),
-        Ok(u) => anyhow::bail!(
-            "{from}: the OTLP traces endpoint {url:?} must be an http:// or https:// URL with a \
-             host, not {:?}",
-            u.scheme()
-        ),
-        Err(e) => anyhow::bail!("{from}: the OTLP traces endpoint {url:?} is not a URL: {e}"),
-    }
-}
-
 /// Posts encoded batches to the collector's `/v1/traces`.
 #[derive(Debug)]
 pub struct HttpSpanExporter {
@@ -354,7 +340,8 @@ impl HttpSpanExporter {
     /// or the general one with `/v1/traces`; headers; timeout. An endpoint
     /// that is not an http(s) URL is refused here, at start.
     pub fn from_env() -> anyhow::Result<HttpSpanExporter> {
-        let url = traces_url(
+        let url = http_signal_url(
+            "TRACES",
             env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]),
             env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]),
         )?;
@@ -566,32 +553,6 @@ mod tests {
     }
 
     #[test]
-    fn the_endpoint_follows_the_specification_and_bad_ones_are_refused() {
-        let url = |s: Option<&str>, g: Option<&str>| {
-            traces_url(s.map(String::from), g.map(String::from)).map_err(|e| e.to_string())
-        };
-        assert_eq!(
-            url(None, Some("http://c:4318/")).as_deref(),
-            Ok("http://c:4318/v1/traces")
-        );
-        assert_eq!(
-            url(Some("https://c/custom"), Some("http://other:4318")).as_deref(),
-            Ok("https://c/custom")
-        );
-        assert_eq!(
-            url(None, None).as_deref(),
-            Ok("http://localhost:4318/v1/traces")
-        );
-        let e = url(None, Some("collector:4318")).err().unwrap_or_default();
-        assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
-        let e = url(Some("not a url"), None).err().unwrap_or_default();
-        assert!(
-            e.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") && e.contains("not a URL"),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn lengths_of_every_size_are_prefixed_correctly() {
         for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
             let mut pb = Pb::default();
@@ -599,6 +560,18 @@ mod tests {
             let mut want = Vec::new();
             prost::encoding::bytes::encode(1, &vec![7u8; n], &mut want);
             assert_eq!(pb.buf, want, "length {n}");
+            // The same message inside another, behind a field of its own.
+            let mut pb = Pb::default();
+            pb.message(3, |pb| {
+                pb.uint(1, 300);
+                pb.message(2, |pb| pb.buf.extend(std::iter::repeat_n(7u8, n)));
+            });
+            let mut inner = Vec::new();
+            prost::encoding::uint64::encode(1, &300, &mut inner);
+            prost::encoding::bytes::encode(2, &vec![7u8; n], &mut inner);
+            let mut want = Vec::new();
+            prost::encoding::bytes::encode(3, &inner, &mut want);
+            assert_eq!(pb.buf, want, "nested, length {n}");
         }
     }
 }

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, Tracer as _, TracerProvider as _,
+    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -138,11 +139,14 @@ impl Tracing {
         let sc = span.span_context();
         if sc.is_valid() {
             headers.insert(TRACEPARENT, traceparent(sc));
-            let state = sc.trace_state().header();
-            if !state.is_empty()
-                && let Ok(v) = http::HeaderValue::from_str(&state)
-            {
-                headers.insert(TRACESTATE, v);
+            // Most requests carry no tracestate: skip rendering an empty one.
+            if *sc.trace_state() != TraceState::NONE {
+                let state = sc.trace_state().header();
+                if !state.is_empty()
+                    && let Ok(v) = http::HeaderValue::from_str(&state)
+                {
+                    headers.insert(TRACESTATE, v);
+                }
             }
         }
         if !cx.baggage().is_empty() {
@@ -266,7 +270,7 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceId, TraceState};
+    use opentelemetry::trace::{SpanId, TraceId};
 
     fn context(flags: TraceFlags, state: TraceState) -> Context {
         let sc = SpanContext::new(
