@@ -525,7 +525,7 @@ fn routes_text(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) -> String {
         let (path, suffix) = if e.is_wildcard() {
             (e.prefix().to_string(), " (wildcard)")
         } else {
-            (e.raw.clone(), "")
+            (e.raw.to_string(), "")
         };
         let path = if path.is_empty() { "/".into() } else { path };
         let _ = writeln!(out, "  {}: http://{addr}{path}{suffix}", e.component);

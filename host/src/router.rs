@@ -22,10 +22,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// One routable entry.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
-    /// The route as written in the manifest, e.g. `/api/...`.
-    pub raw: String,
-    /// The same, shared: span attributes take it without a copy.
-    pub route: Arc<str>,
+    /// The route as written in the manifest, e.g. `/api/...`; shared, so
+    /// span attributes take it without a copy.
+    pub raw: Arc<str>,
     /// The route without trailing slash (Spin's "based" route with base `/`).
     pub based: String,
     pub component: Arc<str>,
@@ -181,8 +180,7 @@ impl Router {
                 _ => None,
             };
             router.entries.push(RouteEntry {
-                raw: raw.to_string(),
-                route: Arc::from(raw),
+                raw: Arc::from(raw),
                 based,
                 component: Arc::from(component),
                 component_index: index,

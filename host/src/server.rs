@@ -95,7 +95,7 @@ impl AppServer {
         let active = self.metrics.active_requests.with(&[&component]);
         active.add(1);
         let _active = ActiveGuard(active);
-        let route = m.entry.raw.as_str();
+        let route = &*m.entry.raw;
         let method = req.method().clone();
         let log_span = tracing::info_span!(
             "request",
@@ -177,14 +177,14 @@ impl AppServer {
         // The server span, child of the caller's trace context; the guest sees
         // a `traceparent` that names it.
         let parent = self.tracing.extract(&parts.headers);
-        let route = m.entry.raw.as_str();
+        let route = &*m.entry.raw;
         let method = parts.method.as_str();
         // Attributes only matter to a span that leaves the process.
         let attrs = if self.tracing.exporting {
             let mut attrs = Vec::with_capacity(12);
             attrs.extend([
                 KeyValue::new("http.request.method", method_value(&parts.method)),
-                KeyValue::new("http.route", m.entry.route.clone()),
+                KeyValue::new("http.route", m.entry.raw.clone()),
                 KeyValue::new("url.path", path.clone()),
                 KeyValue::new("url.scheme", "http"),
                 KeyValue::new("client.address", client.ip().to_string()),
