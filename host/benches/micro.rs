@@ -9,6 +9,7 @@
 //! - idle RSS with 1 to 500 components (distinct copies of `plain`, each
 //!   compiled on its own), and what each added component costs.
 //!
+//! Measured with the binary's allocator and backtrace setting.
 //! Figures, not assertions: `scripts/bench.sh` runs it, or
 //! `cargo bench -p gantry --bench micro`. `GANTRY_BENCH_INSTANCES` (default
 //! 20000) sets how many instantiations are timed.
@@ -34,6 +35,12 @@ use gantry::runtime::{Runtime, RuntimeConfig, load_app};
 use gantry::telemetry::metrics::Metrics;
 use gantry::telemetry::trace::Tracing;
 use wasmtime_wasi_http::handler::ProxyPre;
+
+// The allocator the `gantry` binary uses (see `src/main.rs`): the store and
+// host state are allocated and freed on every request, so the figures must
+// come from the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -468,6 +475,15 @@ fn main() {
     // `cargo bench` passes --bench; a plain `cargo test` of benches must not run it.
     if !std::env::args().any(|a| a == "--bench") {
         return;
+    }
+    // As the binary does at start (`src/main.rs`): no backtrace for library
+    // error values unless RUST_LIB_BACKTRACE asks for one. With only
+    // RUST_BACKTRACE=1 set, wasmtime's error for the idle fiber of a store
+    // torn down walks the stack, and the release below measured about 8 us
+    // more than the server pays.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
     let count = env_num("GANTRY_BENCH_INSTANCES", 20_000) as usize;
     let rt = tokio::runtime::Builder::new_current_thread()
