@@ -476,15 +476,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    // As the binary does at start (`src/main.rs`): no backtrace for library
-    // error values unless RUST_LIB_BACKTRACE asks for one. With only
-    // RUST_BACKTRACE=1 set, wasmtime's error for the idle fiber of a store
-    // torn down walks the stack, and the release below measured about 8 us
-    // more than the server pays.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
-    }
+    // As the binary does at start. With only RUST_BACKTRACE=1 set, the
+    // release below measured about 8 us more than the server pays.
+    // SAFETY: no other thread exists yet.
+    unsafe { gantry::no_library_backtraces_unless_asked() };
     let count = env_num("GANTRY_BENCH_INSTANCES", 20_000) as usize;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

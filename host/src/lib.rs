@@ -19,3 +19,18 @@ pub mod runtime;
 pub mod server;
 pub mod swap;
 pub mod telemetry;
+
+/// Library error values get no backtrace unless `RUST_LIB_BACKTRACE` asks for
+/// one; panics keep theirs (`RUST_BACKTRACE`). wasmtime builds an error value
+/// for every store torn down with work pending, and with `RUST_BACKTRACE` set
+/// each one would walk the stack: a few percent of every request. The binary
+/// and the benchmarks that measure it in-process both call this first.
+///
+/// # Safety
+/// Sets an environment variable: call it before any other thread exists.
+pub unsafe fn no_library_backtraces_unless_asked() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the caller guarantees no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}

@@ -10,14 +10,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // wasmtime builds an error value for every store torn down with work
-    // pending, and with RUST_BACKTRACE set each one captures a backtrace: a
-    // few percent of every request. Panics keep their backtraces
-    // (RUST_BACKTRACE); library error values get none unless asked for with
-    // RUST_LIB_BACKTRACE.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // SAFETY: first statement of main, before any thread exists.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
-    }
+    // SAFETY: first statement of main, before any thread exists.
+    unsafe { gantry::no_library_backtraces_unless_asked() };
     gantry::cli::main()
 }

@@ -3,7 +3,28 @@
 
 mod common;
 use common::*;
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `gantry up` on `manifest` (loopback, any port) with `extra` flags and
+/// `env` set, OTEL_SDK_DISABLED removed, and waits for it to exit: for start-ups
+/// that must fail.
+fn up_until_it_exits(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(gantry_bin());
+    cmd.arg("up")
+        .args(extra)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "-f",
+        ])
+        .arg(manifest)
+        .env_remove("OTEL_SDK_DISABLED")
+        .envs(env.iter().copied());
+    cmd.output().expect("run gantry")
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn build_runs_each_components_build_command_in_its_workdir() {
@@ -51,19 +72,7 @@ source = "x.wasm"
 command = "exit 3"
 "#,
     );
-    let out = Command::new(gantry_bin())
-        .args([
-            "up",
-            "--build",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "-f",
-        ])
-        .arg(&manifest)
-        .output()
-        .expect("run gantry");
+    let out = up_until_it_exits(&manifest, &["--build"], &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("build of component x failed"), "{err}");
@@ -95,20 +104,7 @@ source = "{}"
             "metrics",
         ),
     ] {
-        let out = Command::new(gantry_bin())
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "-f",
-            ])
-            .arg(&manifest)
-            .env(var, value)
-            .env_remove("OTEL_SDK_DISABLED")
-            .output()
-            .expect("run gantry");
+        let out = up_until_it_exits(&manifest, &[], &[(var, value)]);
         assert!(!out.status.success(), "{var}={value} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
