@@ -94,20 +94,32 @@ impl Pb {
         self.buf.extend_from_slice(b);
     }
 
-    /// An embedded message, written in place behind a one-byte length.
-    /// Most messages (a key and value, a value) are under 128 bytes, so the
-    /// byte is all they need; a longer one (a span, a scope) is moved along
-    /// once to make room for its wider length.
+    /// An embedded message, written in place behind a one-byte length:
+    /// right for most messages (a key and value, a value), which are under
+    /// 128 bytes.
     fn message(&mut self, field: u32, body: impl FnOnce(&mut Pb)) {
+        self.message_in(field, 1, body);
+    }
+
+    /// An embedded message, written in place behind `width` bytes kept for
+    /// its length. When the length needs exactly that many the body stays
+    /// where it was written; otherwise it is moved once, forward or back.
+    /// Callers give the width their kind of message usually needs (a span
+    /// two bytes, a batch's scope three), so that a batch is not moved along
+    /// once per level of nesting.
+    fn message_in(&mut self, field: u32, width: usize, body: impl FnOnce(&mut Pb)) {
         self.key(field, LEN);
         let at = self.buf.len();
-        self.buf.push(0);
+        self.buf.resize(at + width, 0);
         body(self);
         let end = self.buf.len();
-        let (prefix, n) = varint_bytes((end - at - 1) as u64);
-        if n > 1 {
-            self.buf.resize(end + n - 1, 0);
-            self.buf.copy_within(at + 1..end, at + n);
+        let (prefix, n) = varint_bytes((end - at - width) as u64);
+        if n > width {
+            self.buf.resize(end + n - width, 0);
+            self.buf.copy_within(at + width..end, at + n);
+        } else if n < width {
+            self.buf.copy_within(at + width..end, at + n);
+            self.buf.truncate(end - (width - n));
         }
         self.buf[at..at + n].copy_from_slice(&prefix[..n]);
     }
@@ -287,13 +299,15 @@ pub fn encode_request(
     let mut pb = Pb {
         buf: std::mem::take(out),
     };
-    pb.message(1, |pb| {
+    // A batch of hundreds of spans needs three bytes for its length (up to
+    // 2 MiB), a span with its attributes two.
+    pb.message_in(1, 3, |pb| {
         pb.message(1, |pb| pb.buf.extend_from_slice(resource));
         for sc in &scopes {
-            pb.message(2, |pb| {
+            pb.message_in(2, 3, |pb| {
                 pb.message(1, |pb| scope(pb, sc));
                 for s in batch.iter().filter(|s| &&s.instrumentation_scope == sc) {
-                    pb.message(2, |pb| span(pb, s));
+                    pb.message_in(2, 2, |pb| span(pb, s));
                 }
                 pb.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
             });
@@ -554,24 +568,37 @@ mod tests {
 
     #[test]
     fn lengths_of_every_size_are_prefixed_correctly() {
-        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
-            let mut pb = Pb::default();
-            pb.message(1, |pb| pb.buf.extend(std::iter::repeat_n(7u8, n)));
+        for n in [
+            0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_151, 2_097_152,
+        ] {
             let mut want = Vec::new();
             prost::encoding::bytes::encode(1, &vec![7u8; n], &mut want);
-            assert_eq!(pb.buf, want, "length {n}");
+            // Whatever width was kept for the length, and whether the body
+            // then moves forward or back, or not at all.
+            for width in 1..=4 {
+                let mut pb = Pb::default();
+                pb.message_in(1, width, |pb| pb.buf.extend(std::iter::repeat_n(7u8, n)));
+                assert_eq!(pb.buf, want, "length {n}, {width} bytes kept");
+            }
             // The same message inside another, behind a field of its own.
-            let mut pb = Pb::default();
-            pb.message(3, |pb| {
-                pb.uint(1, 300);
-                pb.message(2, |pb| pb.buf.extend(std::iter::repeat_n(7u8, n)));
-            });
             let mut inner = Vec::new();
             prost::encoding::uint64::encode(1, &300, &mut inner);
             prost::encoding::bytes::encode(2, &vec![7u8; n], &mut inner);
             let mut want = Vec::new();
             prost::encoding::bytes::encode(3, &inner, &mut want);
-            assert_eq!(pb.buf, want, "nested, length {n}");
+            for (outer_width, inner_width) in [(1, 1), (3, 2), (1, 3), (4, 1)] {
+                let mut pb = Pb::default();
+                pb.message_in(3, outer_width, |pb| {
+                    pb.uint(1, 300);
+                    pb.message_in(2, inner_width, |pb| {
+                        pb.buf.extend(std::iter::repeat_n(7u8, n))
+                    });
+                });
+                assert_eq!(
+                    pb.buf, want,
+                    "nested, length {n}, {outer_width} and {inner_width} bytes kept"
+                );
+            }
         }
     }
 }
