@@ -25,9 +25,8 @@ use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
-use crate::telemetry::trace::{Tracing, end_failed_span, end_http_span};
+use crate::telemetry::trace::{ServerSpan, Tracing};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument as _;
 
 /// Limits applied to every request.
@@ -212,13 +211,10 @@ impl AppServer {
         name.push_str(method);
         name.push(' ');
         name.push_str(route);
-        let cx = self.tracing.server_span(&parent, name, attrs);
-        self.tracing.inject(&cx, &mut parts.headers);
+        let span = self.tracing.server_span(&parent, name, attrs);
+        self.tracing.inject(&span.cx, &mut parts.headers);
         // Every log line of this request carries its trace id.
-        tracing::Span::current().record(
-            "trace_id",
-            tracing::field::display(cx.span().span_context().trace_id()),
-        );
+        tracing::Span::current().record("trace_id", tracing::field::display(span.trace_id()));
 
         let overflow = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
@@ -250,26 +246,26 @@ impl AppServer {
             trace: TraceHandle {
                 tracing: self.tracing.clone(),
                 metrics: self.metrics.clone(),
-                cx: cx.clone(),
+                cx: span.cx.clone(),
             },
             gpio: self.gpio.clone(),
         };
         let result = instance::invoke(self.runtime.engine(), call, request).await;
         if overflow.load(Ordering::Relaxed) {
             tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
-            end_http_span(&cx, 413, true);
+            span.end_http(413);
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
         }
+        let sampled = span.is_sampled().then(|| SampledTrace(span.trace_id()));
         let mut resp = match result {
             Ok(resp) => {
-                end_http_span(&cx, resp.status().as_u16(), true);
+                span.end_http(resp.status().as_u16());
                 resp
             }
-            Err(e) => self.error_response(&component, &path, e, &cx),
+            Err(e) => self.error_response(&component, &path, e, span),
         };
-        let sc = cx.span().span_context().clone();
-        if sc.is_sampled() {
-            resp.extensions_mut().insert(SampledTrace(sc.trace_id()));
+        if let Some(s) = sampled {
+            resp.extensions_mut().insert(s);
         }
         resp
     }
@@ -298,7 +294,7 @@ impl AppServer {
         component: &str,
         path: &str,
         e: InvokeError,
-        cx: &opentelemetry::Context,
+        span: ServerSpan,
     ) -> Response<WasiBody> {
         let reason = match &e {
             InvokeError::Timeout(_) => "timeout",
@@ -308,7 +304,7 @@ impl AppServer {
             InvokeError::Guest(_) => "guest_error",
         };
         self.metrics.guest_failures.with(&[component, reason]).inc();
-        error_response(component, path, e, cx)
+        error_response(component, path, e, span)
     }
 }
 
@@ -385,7 +381,7 @@ fn error_response(
     component: &str,
     path: &str,
     e: InvokeError,
-    cx: &opentelemetry::Context,
+    span: ServerSpan,
 ) -> Response<WasiBody> {
     let (error_type, status) = match &e {
         InvokeError::Timeout(_) => ("timeout", 504),
@@ -394,12 +390,7 @@ fn error_response(
         InvokeError::Instantiate(_) => ("instantiation", 500),
         InvokeError::Guest(_) => ("guest_error", 500),
     };
-    {
-        use opentelemetry::trace::TraceContextExt;
-        cx.span()
-            .set_attribute(KeyValue::new("http.response.status_code", status));
-    }
-    end_failed_span(cx, error_type, e.to_string());
+    span.end_failed(status, error_type, e.to_string());
     match e {
         InvokeError::Timeout(after) => {
             tracing::warn!(%component, %path, ?after, "request timed out");

@@ -218,3 +218,74 @@ async fn the_sampler_comes_from_the_standard_variables() {
     let spans = rx.got.lock().unwrap().spans.len();
     assert_eq!(spans, 0, "always_off exported {spans} spans");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_ends_the_server_span_as_an_error_with_its_type() {
+    wasm("broken");
+    let rx = Receiver::start().await;
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &otel_env(&rx));
+    let traceparent = format!("00-{TRACE}-{CALLER}-01");
+    let r = get_traced(&g.url("/broken"), &traceparent).await;
+    assert_eq!(r.status, 500);
+    let server = rx
+        .wait_for("server", |s| {
+            s.name == "GET /broken" && hex(&s.trace_id) == TRACE
+        })
+        .await;
+    assert_eq!(hex(&server.parent_span_id), CALLER);
+    assert_eq!(
+        attr(&server, "http.response.status_code").as_deref(),
+        Some("500")
+    );
+    assert_eq!(attr(&server, "error.type").as_deref(), Some("trap"));
+    let status = server.status.clone().unwrap_or_default();
+    assert_eq!(status.code, 2, "{status:?}");
+    assert!(status.message.starts_with("guest trapped"), "{status:?}");
+    // Sampled, and the parent is known to be remote (OTLP span flags).
+    assert_eq!(server.flags & 0x3ff, 0x301, "flags {:#x}", server.flags);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_the_client_gives_up_on_still_exports_its_server_span() {
+    wasm("beta");
+    let rx = Receiver::start().await;
+    let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &otel_env(&rx));
+    let traceparent = format!("00-{TRACE}-{CALLER}-01");
+    let url = g.url("/beta?delay_ms=5000");
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        get_traced(&url, &traceparent),
+    )
+    .await;
+    assert!(gave_up.is_err(), "beta answered before the client gave up");
+    // Ended when the host dropped the request, long before beta's 5 s: no
+    // status code, since no response was sent.
+    let t0 = std::time::Instant::now();
+    let server = rx
+        .wait_for("server", |s| {
+            s.name == "GET /beta" && hex(&s.trace_id) == TRACE
+        })
+        .await;
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(3),
+        "exported after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(attr(&server, "http.response.status_code"), None);
+    assert_eq!(server.status.clone().unwrap_or_default().code, 0);
+    assert_eq!(hex(&server.parent_span_id), CALLER);
+    // A root request (no traceparent) gets a new trace and no parent.
+    let r = get(&g.url("/beta?delay_ms=1")).await;
+    assert_eq!(r.status, 200);
+    let root = rx
+        .wait_for("root server span", |s| {
+            s.name == "GET /beta" && hex(&s.trace_id) != TRACE
+        })
+        .await;
+    assert!(root.parent_span_id.is_empty(), "{root:?}");
+    assert_eq!(root.flags & 0x3ff, 0x101, "flags {:#x}", root.flags);
+    assert_eq!(
+        attr(&root, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+}

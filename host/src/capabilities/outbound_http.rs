@@ -14,7 +14,7 @@ use opentelemetry::KeyValue;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::capabilities::otel::GuestTelemetry;
-use crate::telemetry::trace::{end_failed_span, end_http_span};
+use crate::telemetry::trace::{end_client_span, end_failed_span};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SchemePat {
@@ -290,7 +290,7 @@ impl WasiHttpHooks for OutboundHooks {
                 .observe(started.elapsed().as_secs_f64(), None);
             match result {
                 Ok((res, io)) => {
-                    end_http_span(&cx, res.status().as_u16(), false);
+                    end_client_span(&cx, res.status().as_u16());
                     Ok((
                         res.map(BodyExt::boxed_unsync),
                         Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,

@@ -352,8 +352,9 @@ pub struct HttpSpanExporter {
 impl HttpSpanExporter {
     /// Configured by the standard variables: the traces endpoint as given,
     /// or the general one with `/v1/traces`; headers; timeout. An endpoint
-    /// that is not an http(s) URL is refused here, at start.
-    pub fn from_env() -> anyhow::Result<HttpSpanExporter> {
+    /// that is not an http(s) URL is refused here, at start. Every batch
+    /// names `resource`.
+    pub fn from_env(resource: &Resource) -> anyhow::Result<HttpSpanExporter> {
         let url = http_signal_url(
             "TRACES",
             env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]),
@@ -369,8 +370,8 @@ impl HttpSpanExporter {
             headers: signal_headers("TRACES"),
             timeout,
             client: OnceLock::new(),
-            resource: resource_body(&super::trace::resource()),
-            resource_schema: String::new(),
+            resource: resource_body(resource),
+            resource_schema: resource.schema_url().unwrap_or_default().to_string(),
             size_hint: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
         })
@@ -444,26 +445,13 @@ mod tests {
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
     use prost::Message as _;
-    use std::sync::{Arc, Mutex};
-
-    /// Keeps every span it is given.
-    #[derive(Debug, Clone, Default)]
-    struct Keep(Arc<Mutex<Vec<SpanData>>>);
-    impl SpanExporter for Keep {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            if let Ok(mut v) = self.0.lock() {
-                v.extend(batch);
-            }
-            Ok(())
-        }
-    }
 
     /// Spans of every shape the host makes: a server span under a remote
     /// parent with tracestate, attributes of every kind, an event, a link,
     /// an error; a client span; an OK span of a second scope with a version
     /// and attributes; a root span with nothing set.
     fn spans() -> (Vec<SpanData>, Resource) {
-        let keep = Keep::default();
+        let keep = crate::telemetry::KeepSpans::default();
         let resource = Resource::builder()
             .with_service_name("otlp-test")
             .with_attribute(KeyValue::new("service.version", "1.2.3"))

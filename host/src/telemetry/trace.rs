@@ -7,21 +7,33 @@
 //! to the services it calls. Export never blocks a request: spans go through
 //! the SDK's bounded batch queue, and spans an export fails to deliver are
 //! counted in `gantry_telemetry_dropped_total{signal="traces"}`.
+//!
+//! The server span, one per request, is recorded by the host itself
+//! ([`ServerSpan`]) and handed to that same queue when it ends. The SDK's
+//! `Span` behind a `Context` costs a shared, locked span, a sampler call
+//! through the tracer, a span processor round and a copy into `SpanData`
+//! for every request; a span that one task owns from start to end needs
+//! none of that. Client spans and guest spans stay the SDK's.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
-    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
-    TracerProvider as _,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, IdGenerator as _, RandomIdGenerator, SamplingDecision, SdkTracer,
+    SdkTracerProvider, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor,
+};
 
 /// The process's tracer and propagator.
 pub struct Tracing {
@@ -32,6 +44,46 @@ pub struct Tracing {
     pub exporting: bool,
     /// Guest stdout/stderr as OTLP logs, when logs are exported.
     pub guest_logs: Option<super::logs::GuestLogs>,
+    /// The sampler and span limits the SDK's tracer uses too, from the
+    /// same `OTEL_TRACES_SAMPLER*` and `OTEL_SPAN_*` variables.
+    sampler: Box<dyn ShouldSample>,
+    max_attributes: usize,
+    ids: RandomIdGenerator,
+    /// Where ended server spans go, when spans are exported.
+    sink: Option<Arc<Sink>>,
+}
+
+/// The export queue and the scope server spans are reported under.
+struct Sink {
+    queue: Arc<BatchSpanProcessor>,
+    scope: InstrumentationScope,
+}
+
+/// The batch queue, shared between the SDK's provider (client and guest
+/// spans) and the server spans the host records itself.
+#[derive(Debug)]
+struct SharedQueue(Arc<BatchSpanProcessor>);
+
+impl SpanProcessor for SharedQueue {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.0.on_start(span, cx);
+    }
+    fn on_end(&self, span: SpanData) {
+        self.0.on_end(span);
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    // The resource is given to the exporter before the queue is built.
+}
+
+/// The instrumentation scope of the host's own spans, as `tracer("gantry")`
+/// names it.
+fn gantry_scope() -> InstrumentationScope {
+    InstrumentationScope::builder("gantry").build()
 }
 
 fn env_set(name: &str) -> bool {
@@ -66,43 +118,53 @@ pub fn resource() -> opentelemetry_sdk::Resource {
 impl Tracing {
     pub fn init(metrics: &super::metrics::Metrics) -> anyhow::Result<Tracing> {
         let dropped = metrics.dropped_spans.clone();
-        let mut builder = SdkTracerProvider::builder()
-            .with_resource(resource())
-            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
+        let res = resource();
         let exporting = otlp_configured("TRACES");
-        if exporting && super::otlp_traces::applies() {
-            builder = builder.with_batch_exporter(CountingExporter {
-                inner: super::otlp_traces::HttpSpanExporter::from_env()?,
+        let queue = if exporting && super::otlp_traces::applies() {
+            let exporter = CountingExporter {
+                inner: super::otlp_traces::HttpSpanExporter::from_env(&res)?,
                 dropped,
-            });
+            };
+            Some(BatchSpanProcessor::builder(exporter).build())
         } else if exporting {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .build()
-                .map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}"))?;
-            builder = builder.with_batch_exporter(CountingExporter {
-                inner: exporter,
+            let mut exporter = CountingExporter {
+                inner: opentelemetry_otlp::SpanExporter::builder()
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}"))?,
                 dropped,
-            });
-        }
-        let provider = builder.build();
-        let tracer = provider.tracer("gantry");
-        Ok(Tracing {
-            provider,
-            tracer,
-            propagator: TextMapCompositePropagator::new(vec![
-                Box::new(TraceContextPropagator::new()),
-                Box::new(BaggagePropagator::new()),
-            ]),
-            exporting,
-            guest_logs: super::logs::GuestLogs::init(metrics.telemetry_dropped.with(&["logs"]))?,
-        })
+            };
+            exporter.set_resource(&res);
+            Some(BatchSpanProcessor::builder(exporter).build())
+        } else {
+            None
+        };
+        let mut tracing = Tracing::build(res, queue.map(Arc::new));
+        tracing.exporting = exporting;
+        tracing.guest_logs =
+            super::logs::GuestLogs::init(metrics.telemetry_dropped.with(&["logs"]))?;
+        Ok(tracing)
     }
 
     /// Tracing that exports nothing (for `gantry check` and tests).
     pub fn disabled() -> Tracing {
-        let provider = SdkTracerProvider::builder()
-            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default())
-            .build();
+        Tracing::build(resource(), None)
+    }
+
+    fn build(res: opentelemetry_sdk::Resource, queue: Option<Arc<BatchSpanProcessor>>) -> Tracing {
+        // Sampler and limits as the SDK reads them from the environment;
+        // the provider is given the same sampler, so that server spans and
+        // the SDK's spans decide alike.
+        let config = opentelemetry_sdk::trace::Config::default();
+        let sampler = config.sampler;
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(res)
+            .with_sampler(sampler.clone())
+            .with_span_limits(config.span_limits)
+            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
+        if let Some(q) = &queue {
+            builder = builder.with_span_processor(SharedQueue(q.clone()));
+        }
+        let provider = builder.build();
         let tracer = provider.tracer("gantry");
         Tracing {
             provider,
@@ -113,6 +175,15 @@ impl Tracing {
             ]),
             exporting: false,
             guest_logs: None,
+            sampler,
+            max_attributes: config.span_limits.max_attributes_per_span as usize,
+            ids: RandomIdGenerator::default(),
+            sink: queue.map(|queue| {
+                Arc::new(Sink {
+                    queue,
+                    scope: gantry_scope(),
+                })
+            }),
         }
     }
 
@@ -154,15 +225,58 @@ impl Tracing {
         }
     }
 
-    /// Starts the server span of one request, child of the caller's context.
-    pub fn server_span(&self, parent: &Context, name: String, attrs: Vec<KeyValue>) -> Context {
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attrs)
-            .start_with_context(&self.tracer, parent);
-        parent.with_span(span)
+    /// Starts the server span of one request, child of the caller's context:
+    /// the caller's trace (or a new one), a new span id, the sampler's
+    /// decision. `attrs` are only kept when the span is exported.
+    pub fn server_span(&self, parent: &Context, name: String, attrs: Vec<KeyValue>) -> ServerSpan {
+        let parent_span = parent.span();
+        let psc = parent_span.span_context();
+        let has_parent = parent.has_active_span() && psc.is_valid();
+        let trace_id = if has_parent {
+            psc.trace_id()
+        } else {
+            self.ids.new_trace_id()
+        };
+        let span_id = self.ids.new_span_id();
+        let decision = self.sampler.should_sample(
+            Some(parent),
+            trace_id,
+            &name,
+            &SpanKind::Server,
+            &attrs,
+            &[],
+        );
+        let flags = psc
+            .trace_flags()
+            .with_sampled(decision.decision == SamplingDecision::RecordAndSample);
+        let sc = SpanContext::new(trace_id, span_id, flags, false, decision.trace_state);
+        let record = match (&self.sink, decision.decision) {
+            (Some(sink), SamplingDecision::RecordOnly | SamplingDecision::RecordAndSample) => {
+                let mut attributes = attrs;
+                attributes.extend(decision.attributes);
+                let dropped = attributes.len().saturating_sub(self.max_attributes);
+                attributes.truncate(self.max_attributes);
+                Some(Recording {
+                    sink: sink.clone(),
+                    parent_span_id: if has_parent {
+                        psc.span_id()
+                    } else {
+                        SpanId::INVALID
+                    },
+                    parent_is_remote: has_parent && psc.is_remote(),
+                    name,
+                    start: SystemTime::now(),
+                    attributes,
+                    dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
+                    max_attributes: self.max_attributes,
+                })
+            }
+            _ => None,
+        };
+        ServerSpan {
+            cx: parent.with_remote_span_context(sc),
+            record,
+        }
     }
 
     /// Starts a client span for an outbound call, child of `parent`.
@@ -182,6 +296,114 @@ impl Tracing {
         let _ = self.provider.shutdown();
         if let Some(logs) = &self.guest_logs {
             logs.shutdown();
+        }
+    }
+}
+
+/// The server span of one request, owned by the task that serves it.
+/// Dropped before it was ended (the client went away), it is still
+/// exported, without a status code, as the SDK's spans are.
+pub struct ServerSpan {
+    /// The caller's context (baggage included) with this span as its span:
+    /// what the guest, its logs and its outbound calls are children of.
+    pub cx: Context,
+    /// What is exported when the span ends; `None` when it is not.
+    record: Option<Recording>,
+}
+
+struct Recording {
+    sink: Arc<Sink>,
+    parent_span_id: SpanId,
+    parent_is_remote: bool,
+    name: String,
+    start: SystemTime,
+    attributes: Vec<KeyValue>,
+    dropped: u32,
+    max_attributes: usize,
+}
+
+impl Recording {
+    fn set(&mut self, kv: KeyValue) {
+        if self.attributes.len() < self.max_attributes {
+            self.attributes.push(kv);
+        } else {
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+}
+
+impl ServerSpan {
+    pub fn trace_id(&self) -> TraceId {
+        self.cx.span().span_context().trace_id()
+    }
+
+    pub fn is_sampled(&self) -> bool {
+        self.cx.span().span_context().is_sampled()
+    }
+
+    /// Ends the span with the response's status: an error on 5xx (semconv
+    /// for server spans).
+    pub fn end_http(mut self, status: u16) {
+        if let Some(mut r) = self.record.take() {
+            r.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            let st = if status >= 500 {
+                Status::error(format!("HTTP {status}"))
+            } else {
+                Status::Unset
+            };
+            self.export(r, st);
+        }
+    }
+
+    /// Ends the span as failed: the status the client got, the kind of
+    /// failure and its message.
+    pub fn end_failed(mut self, status: u16, error_type: &'static str, message: String) {
+        if let Some(mut r) = self.record.take() {
+            r.set(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            r.set(KeyValue::new("error.type", error_type));
+            self.export(r, Status::error(message));
+        }
+    }
+
+    fn export(&self, r: Recording, status: Status) {
+        let Recording {
+            sink,
+            parent_span_id,
+            parent_is_remote,
+            name,
+            start,
+            attributes,
+            dropped,
+            ..
+        } = r;
+        sink.queue.on_end(SpanData {
+            span_context: self.cx.span().span_context().clone(),
+            parent_span_id,
+            parent_span_is_remote: parent_is_remote,
+            span_kind: SpanKind::Server,
+            name: Cow::Owned(name),
+            start_time: start,
+            end_time: SystemTime::now(),
+            attributes,
+            dropped_attributes_count: dropped,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: sink.scope.clone(),
+        });
+    }
+}
+
+impl Drop for ServerSpan {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            self.export(r, Status::Unset);
         }
     }
 }
@@ -215,15 +437,15 @@ fn traceparent(sc: &SpanContext) -> http::HeaderValue {
     http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
-/// Ends the span in `cx` with an HTTP status.
-pub fn end_http_span(cx: &Context, status: u16, server_side: bool) {
+/// Ends the client span in `cx` with the HTTP status the peer answered.
+pub fn end_client_span(cx: &Context, status: u16) {
     let span = cx.span();
     span.set_attribute(KeyValue::new(
         "http.response.status_code",
         i64::from(status),
     ));
-    // Server spans are errors on 5xx only; client spans on 4xx too (semconv).
-    if status >= 500 || (!server_side && status >= 400) {
+    // Client spans are errors on 4xx and 5xx (semconv).
+    if status >= 400 {
         span.set_status(Status::error(format!("HTTP {status}")));
     }
     span.end();
@@ -321,6 +543,100 @@ mod tests {
         // An invalid context removes what was there and writes nothing.
         Tracing::disabled().inject(&Context::new(), &mut h);
         assert!(h.get(TRACEPARENT).is_none() && h.get(TRACESTATE).is_none());
+    }
+
+    /// Server spans as the SDK's tracer would have recorded them: the
+    /// caller's trace and parent, a remote parent marked so, attributes in
+    /// order within the span limit, an error status, the `gantry` scope
+    /// the SDK's client spans have; one dropped unended is exported too.
+    #[test]
+    fn server_spans_are_exported_as_the_sdk_would_record_them() {
+        let keep = crate::telemetry::KeepSpans::default();
+        let queue = BatchSpanProcessor::builder(keep.clone()).build();
+        let mut t = Tracing::build(resource(), Some(Arc::new(queue)));
+        let state = TraceState::from_key_value([("vendor", "abc")]).unwrap_or_default();
+        let parent = context(TraceFlags::SAMPLED, state.clone())
+            .with_baggage([KeyValue::new("tenant", "t1")]);
+        let caller = parent.span().span_context().clone();
+
+        let span = t.server_span(
+            &parent,
+            "GET /x".into(),
+            vec![KeyValue::new("http.route", "/x")],
+        );
+        let sc = span.cx.span().span_context().clone();
+        assert_eq!(sc.trace_id(), caller.trace_id());
+        assert_ne!(sc.span_id(), caller.span_id());
+        assert!(sc.is_sampled() && !sc.is_remote());
+        assert_eq!(sc.trace_state(), &state);
+        assert_eq!(span.cx.baggage().len(), 1, "the caller's baggage is kept");
+        // The SDK's client span under it: a local parent.
+        let client = t.client_span(&span.cx, "GET".into(), vec![]);
+        end_client_span(&client, 200);
+        span.end_failed(504, "timeout", "timed out".into());
+
+        // A root span, dropped before it ended; at most two attributes.
+        t.max_attributes = 2;
+        let root = t.server_span(
+            &Context::new(),
+            "GET /y".into(),
+            vec![KeyValue::new("a", 1_i64), KeyValue::new("b", 2_i64)],
+        );
+        let root_sc = root.cx.span().span_context().clone();
+        drop(root);
+        t.shutdown();
+
+        let spans = keep.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        let by_id = |id: SpanId| spans.iter().find(|s| s.span_context.span_id() == id);
+        let server = by_id(sc.span_id()).unwrap_or_else(|| panic!("no server span"));
+        assert_eq!(server.span_kind, SpanKind::Server);
+        assert_eq!(server.name, "GET /x");
+        assert_eq!(server.parent_span_id, caller.span_id());
+        assert!(server.parent_span_is_remote);
+        assert_eq!(
+            server.attributes,
+            vec![
+                KeyValue::new("http.route", "/x"),
+                KeyValue::new("http.response.status_code", 504_i64),
+                KeyValue::new("error.type", "timeout"),
+            ]
+        );
+        assert_eq!(server.status, Status::error("timed out"));
+        assert!(server.start_time <= server.end_time);
+        let client = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .unwrap_or_else(|| panic!("no client span"));
+        assert_eq!(client.parent_span_id, sc.span_id());
+        assert!(!client.parent_span_is_remote);
+        assert_eq!(client.instrumentation_scope, server.instrumentation_scope);
+
+        let root = by_id(root_sc.span_id()).unwrap_or_else(|| panic!("no root span"));
+        assert!(root_sc.is_valid() && root_sc.trace_id() != caller.trace_id());
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+        assert!(!root.parent_span_is_remote);
+        assert_eq!(root.status, Status::Unset);
+        assert_eq!(root.attributes.len(), 2);
+        assert_eq!(root.dropped_attributes_count, 0);
+    }
+
+    #[test]
+    fn attributes_past_the_limit_are_counted_not_kept() {
+        let keep = crate::telemetry::KeepSpans::default();
+        let queue = BatchSpanProcessor::builder(keep.clone()).build();
+        let mut t = Tracing::build(resource(), Some(Arc::new(queue)));
+        t.max_attributes = 2;
+        let attrs = (0..3_i64).map(|i| KeyValue::new("n", i)).collect();
+        t.server_span(&Context::new(), "GET /z".into(), attrs)
+            .end_http(503);
+        t.shutdown();
+        let spans = keep.0.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(spans.len(), 1);
+        // One given at the start and the status code at the end are dropped.
+        assert_eq!(spans[0].attributes.len(), 2);
+        assert_eq!(spans[0].dropped_attributes_count, 2);
+        assert_eq!(spans[0].status, Status::error("HTTP 503"));
     }
 
     #[test]
