@@ -50,10 +50,19 @@ fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     (out, n + 1)
 }
 
+/// How many bytes `v` takes as a varint.
+fn varint_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
 impl Pb {
-    fn varint(&mut self, v: u64) {
-        let (bytes, n) = varint_bytes(v);
-        self.buf.extend_from_slice(&bytes[..n]);
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
     }
 
     fn key(&mut self, field: u32, wire: u32) {
@@ -166,11 +175,40 @@ impl Pb {
         }
     }
 
+    /// A `KeyValue`. For a scalar value (every attribute the host sets) both
+    /// lengths are known before anything is written, so the key and value
+    /// are written once, front to back; arrays go behind placeholders.
     fn attribute(&mut self, field: u32, k: &Key, v: &Value) {
-        self.message(field, |pb| {
-            pb.bytes(1, k.as_str().as_bytes());
-            pb.message(2, |pb| pb.any_value(v));
-        });
+        let key = k.as_str().as_bytes();
+        let value_len = match v {
+            Value::String(s) => {
+                let n = s.as_str().len();
+                1 + varint_len(n as u64) + n
+            }
+            Value::Bool(_) => 2,
+            Value::I64(i) => 1 + varint_len(*i as u64),
+            Value::F64(_) => 9,
+            _ => {
+                self.message(field, |pb| {
+                    pb.bytes(1, key);
+                    pb.message(2, |pb| pb.any_value(v));
+                });
+                return;
+            }
+        };
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            1 + varint_len(key.len() as u64) + key.len()
+        };
+        let kv_len = key_len + 1 + varint_len(value_len as u64) + value_len;
+        self.buf.reserve(12 + kv_len);
+        self.key(field, LEN);
+        self.varint(kv_len as u64);
+        self.bytes(1, key);
+        self.key(2, LEN);
+        self.varint(value_len as u64);
+        self.any_value(v);
     }
 }
 
@@ -552,6 +590,27 @@ mod tests {
         // fields, in field order, with proto3 defaults left out.
         assert_eq!(body, reference.encode_to_vec());
         assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+    }
+
+    #[test]
+    fn varints_are_as_long_as_prost_writes_them() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut pb = Pb::default();
+            pb.varint(v);
+            let mut want = Vec::new();
+            prost::encoding::encode_varint(v, &mut want);
+            assert_eq!(pb.buf, want, "{v}");
+            assert_eq!(varint_len(v), want.len(), "{v}");
+        }
     }
 
     #[test]
