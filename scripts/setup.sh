@@ -18,11 +18,13 @@ rustup target add --toolchain "$toolchain" wasm32-wasip2 aarch64-unknown-linux-g
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
 # Real peers the tests and benchmarks talk to: Prometheus (server and
-# promtool), the hey load generator and headless Chromium; and the arm64
+# promtool), the hey load generator, headless Chromium and valgrind (the
+# telemetry benchmark counts instructions with callgrind); and the arm64
 # cross toolchain and emulator for the Raspberry Pi build; musl (the image's
 # static binary), buildah, podman and runc to build and run the image.
 need=()
 for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium \
+    valgrind:valgrind callgrind_control:valgrind \
     aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
     musl-gcc:musl-tools buildah:buildah podman:podman runc:runc; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")

@@ -10,6 +10,16 @@
 //!
 //! `GANTRY_BENCH_SECONDS` (default 5) and `GANTRY_BENCH_ROUNDS` (default 3)
 //! set the length; `GANTRY_BENCH_CONCURRENCY` (default 50) the clients.
+//!
+//! Then, where valgrind is installed (`scripts/setup.sh` installs it), the
+//! same two configurations serve `functions/plain` (a hello, as in the
+//! compare benchmark; `alpha` does far more work per request) under callgrind, which counts the
+//! instructions the whole process executes (every thread: the request path,
+//! the export threads, the HTTP client's) for `GANTRY_BENCH_INSTRUCTIONS`
+//! requests (default 2,000, one at a time, after 300 of warm-up; 0 skips
+//! it). Unlike req/s on a shared machine, that count repeats to within a
+//! fraction of a percent, so it shows what telemetry costs the host even
+//! where the timings' noise is larger than the effect.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,6 +27,7 @@ mod support;
 
 use common::collector::Collector;
 use common::*;
+use std::process::Command;
 use support::*;
 
 fn main() {
@@ -106,5 +117,128 @@ fn main() {
             .collect::<Vec<_>>()
     });
     println!("telemetry dropped (on): {dropped:?}");
+    drop(on);
+    drop(off);
+
+    let requests = env_num("GANTRY_BENCH_INSTRUCTIONS", 2000);
+    if requests > 0 {
+        let (_dir, plain) = write_manifest(&format!(
+            "spin_manifest_version = 2\n[application]\nname = \"plain\"\n\
+             [[trigger.http]]\nroute = \"/...\"\ncomponent = \"plain\"\n\
+             [component.plain]\nsource = \"{}\"\n",
+            wasm("plain").display()
+        ));
+        count_instructions(&plain, &endpoint, requests);
+    }
     drop(collector);
+}
+
+/// Instructions per request, telemetry on and off, each counted twice.
+fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64) {
+    let valgrind = Command::new("valgrind").arg("--version").output();
+    if !valgrind.is_ok_and(|o| o.status.success()) {
+        println!(
+            "\ninstructions: valgrind is not installed (scripts/setup.sh installs it); skipped"
+        );
+        return;
+    }
+    // The periodic metric export runs once per interval whatever the load;
+    // under callgrind, 50 times slower, it would be charged to far fewer
+    // requests than in real time, so it is left at its default (60 s).
+    // Spans leave within 0.5 s, so the window ends with all of them sent.
+    let on: &[(&str, &str)] = &[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "500"),
+    ];
+    let off: &[(&str, &str)] = &[("OTEL_SDK_DISABLED", "true")];
+    println!(
+        "\ninstructions per request (callgrind; plain; {requests} requests one at a time after 300 of warm-up; \
+         the whole process, every thread), each configuration twice:"
+    );
+    let mut counts = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (i, (name, env)) in [("telemetry on ", on), ("telemetry off", off)]
+            .into_iter()
+            .enumerate()
+        {
+            match instructions_per_request(manifest, env, requests) {
+                Ok(n) => {
+                    println!("  {name} {n:>10.0}");
+                    counts[i].push(n);
+                }
+                Err(e) => println!("  {name} not counted: {e}"),
+            }
+        }
+    }
+    if counts.iter().all(|c| !c.is_empty()) {
+        let on = median(counts[0].clone());
+        let off = median(counts[1].clone());
+        println!(
+            "  telemetry on / off: {:.3} (cost {:+.1} % of the host's instructions, {:+.0} per request)",
+            on / off,
+            (on / off - 1.0) * 100.0,
+            on - off
+        );
+    }
+}
+
+/// Runs gantry under callgrind, warms it up, zeroes the counters, sends
+/// `requests` requests, waits for the export, dumps, and divides.
+fn instructions_per_request(
+    manifest: &std::path::Path,
+    env: &[(&str, &str)],
+    requests: u64,
+) -> Result<f64, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!(
+            "--callgrind-out-file={}/cg.%p",
+            dir.path().display()
+        ))
+        .arg(gantry_bin());
+    let g = Gantry::start_with(cmd, manifest, &[], env);
+    let pid = g.child.id().to_string();
+    let url = g.url("/");
+    let send = |n: u64| -> Result<(), String> {
+        let out = Command::new("hey")
+            .args(["-n", &n.to_string(), "-c", "1", &url])
+            .output()
+            .map_err(|e| format!("hey: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(&format!("[200]\t{n} responses")) {
+            Ok(())
+        } else {
+            Err(format!("not every request answered 200:\n{text}"))
+        }
+    };
+    let control = |what: &str| -> Result<(), String> {
+        let st = Command::new("callgrind_control")
+            .args([what, &pid])
+            .output()
+            .map_err(|e| format!("callgrind_control: {e}"))?;
+        if st.status.success() {
+            Ok(())
+        } else {
+            Err(format!("callgrind_control {what} failed"))
+        }
+    };
+    send(300)?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    control("-z")?;
+    send(requests)?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    control("-d")?;
+    // The dump is `cg.<pid>.1`; its `summary:` line is the total.
+    let dump = std::fs::read_to_string(dir.path().join(format!("cg.{pid}.1")))
+        .map_err(|e| format!("no callgrind dump: {e}"))?;
+    let total: f64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("the dump has no summary line")?;
+    drop(g);
+    Ok(total / requests as f64)
 }

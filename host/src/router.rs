@@ -279,7 +279,7 @@ pub fn insert_spin_headers(
     headers: &mut HeaderMap,
     m: &RouteMatch<'_>,
     full_url: &str,
-    client_addr: &str,
+    client_addr: &HeaderValue,
 ) {
     fn set(
         headers: &mut HeaderMap,
@@ -295,11 +295,7 @@ pub fn insert_spin_headers(
     set(headers, SPIN_FULL_URL, HeaderValue::from_str(full_url));
     set(headers, SPIN_PATH_INFO, HeaderValue::from_str(&m.path_info));
     set(headers, SPIN_BASE_PATH, Ok(HeaderValue::from_static("/")));
-    set(
-        headers,
-        SPIN_CLIENT_ADDR,
-        HeaderValue::from_str(client_addr),
-    );
+    headers.insert(SPIN_CLIENT_ADDR, client_addr.clone());
     match &m.entry.route_headers {
         Some(r) => {
             set(headers, SPIN_MATCHED_ROUTE, Ok(r.matched.clone()));
@@ -400,7 +396,8 @@ mod tests {
         let mut h = HeaderMap::new();
         // A client's forged value is replaced.
         h.insert("spin-path-info", HeaderValue::from_static("/forged"));
-        insert_spin_headers(&mut h, m, url, client);
+        let client = HeaderValue::from_str(client).unwrap();
+        insert_spin_headers(&mut h, m, url, &client);
         h.iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect()

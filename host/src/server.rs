@@ -78,7 +78,7 @@ impl AppServer {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: &Peer,
         local: SocketAddr,
     ) -> Response<WasiBody> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -123,7 +123,7 @@ impl AppServer {
         m: &crate::router::RouteMatch<'_>,
         version: &crate::runtime::Version,
         component: &Arc<str>,
-        client: SocketAddr,
+        client: &Peer,
         local: SocketAddr,
     ) -> Response<WasiBody> {
         // Shared with the span's `url.path`, so exporting copies nothing.
@@ -171,7 +171,7 @@ impl AppServer {
                 parts.headers.remove(k);
             }
         }
-        insert_spin_headers(&mut parts.headers, m, &full_url, &client.to_string());
+        insert_spin_headers(&mut parts.headers, m, &full_url, &client.header);
 
         // The server span, child of the caller's trace context; the guest sees
         // a `traceparent` that names it.
@@ -186,8 +186,8 @@ impl AppServer {
                 KeyValue::new("http.route", m.entry.raw.clone()),
                 KeyValue::new("url.path", path.clone()),
                 KeyValue::new("url.scheme", "http"),
-                KeyValue::new("client.address", client.ip().to_string()),
-                KeyValue::new("client.port", i64::from(client.port())),
+                KeyValue::new("client.address", client.ip.clone()),
+                KeyValue::new("client.port", i64::from(client.addr.port())),
                 KeyValue::new("server.address", host.clone()),
                 KeyValue::new("network.protocol.version", protocol_version(parts.version)),
                 KeyValue::new("gantry.component.id", component.clone()),
@@ -305,6 +305,27 @@ impl AppServer {
         };
         self.metrics.guest_failures.with(&[component, reason]).inc();
         error_response(component, path, e, span)
+    }
+}
+
+/// The client of one connection, written out once for all the requests it
+/// sends: as `spin-client-addr` carries it and as the span's
+/// `client.address`.
+pub struct Peer {
+    addr: SocketAddr,
+    header: HeaderValue,
+    ip: Arc<str>,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            // Digits, dots, colons and brackets: always a valid value.
+            header: HeaderValue::from_str(&addr.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            ip: Arc::from(addr.ip().to_string()),
+        }
     }
 }
 
@@ -523,9 +544,11 @@ pub async fn serve(
         // Without it small responses wait ~40 ms for delayed ACKs.
         let _ = stream.set_nodelay(true);
         let server = server.clone();
+        let peer = Arc::new(Peer::new(client));
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
-            async move { Ok::<_, std::convert::Infallible>(server.handle(req, client, local).await) }
+            let peer = peer.clone();
+            async move { Ok::<_, std::convert::Infallible>(server.handle(req, &peer, local).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());

@@ -66,6 +66,12 @@ async fn trace_context_flows_from_caller_through_host_to_upstream() {
         Some("hello")
     );
     assert!(attr(&server, "gantry.component.digest").is_some_and(|d| d.starts_with("sha256:")));
+    // The client's address, written once per connection.
+    assert_eq!(
+        attr(&server, "client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert!(attr(&server, "client.port").is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p > 0)));
 
     // The guest's own span around the call: child of the server span.
     let guest = rx
