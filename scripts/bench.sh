@@ -3,9 +3,10 @@
 # `wasmtime serve` of the same wasmtime version and a native hyper server, on
 # the same component, A/B/C/D interleaved, at concurrency 1 and 50; then the
 # micro figures (instantiation, router lookup, start-up with a cold and warm
-# compile cache, idle RSS with the example app and with 1..500 components).
+# compile cache, idle RSS with the example app and with 1..500 components);
+# last, telemetry's cost in instructions per request.
 # Prints figures and ratios; asserts nothing. Run scripts/setup.sh first (hey,
-# the collector, the toolchain). About 10 minutes with the defaults, plus a
+# the collector, valgrind, the toolchain). About 13 minutes with the defaults, plus a
 # one-time build of wasmtime-cli (~15 min) and of the 500-component cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +24,5 @@ export GANTRY_WASMTIME=$PWD/$wasmtime_root/bin/wasmtime
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 cargo bench --locked -p gantry --bench compare
 cargo bench --locked -p gantry --bench micro
+# Telemetry on against off once more, then counted in instructions (callgrind).
+cargo bench --locked -p gantry --bench telemetry
