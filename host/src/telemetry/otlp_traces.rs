@@ -57,12 +57,14 @@ fn varint_len(v: u64) -> usize {
 }
 
 impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.buf.push((v as u8) | 0x80);
-            v >>= 7;
+    fn varint(&mut self, v: u64) {
+        // Most varints here (tags, short lengths) are one byte.
+        if v < 0x80 {
+            self.buf.push(v as u8);
+        } else {
+            let (bytes, n) = varint_bytes(v);
+            self.buf.extend_from_slice(&bytes[..n]);
         }
-        self.buf.push(v as u8);
     }
 
     fn key(&mut self, field: u32, wire: u32) {
