@@ -12,7 +12,8 @@
 //! Measured with the binary's allocator and backtrace setting.
 //! Figures, not assertions: `scripts/bench.sh` runs it, or
 //! `cargo bench -p gantry --bench micro`. `GANTRY_BENCH_INSTANCES` (default
-//! 20000) sets how many instantiations are timed.
+//! 20000) sets how many instantiations are timed;
+//! `GANTRY_BENCH_ONLY_INSTANTIATION=1` stops after them.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -487,6 +488,9 @@ fn main() {
         .expect("runtime");
     instantiation(&rt, count, false);
     instantiation(&rt, count, true);
+    if std::env::var_os("GANTRY_BENCH_ONLY_INSTANTIATION").is_some() {
+        return;
+    }
     println!();
     router_lookup();
     println!();

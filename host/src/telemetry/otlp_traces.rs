@@ -52,6 +52,10 @@ fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
 
 /// How many bytes `v` takes as a varint.
 fn varint_len(v: u64) -> usize {
+    // Most lengths here are short: skip the bit count.
+    if v < 0x80 {
+        return 1;
+    }
     let bits = 64 - (v | 1).leading_zeros() as usize;
     bits.div_ceil(7)
 }
@@ -178,18 +182,21 @@ impl Pb {
     }
 
     /// A `KeyValue`. For a scalar value (every attribute the host sets) both
-    /// lengths are known before anything is written, so the key and value
-    /// are written once, front to back; arrays go behind placeholders.
+    /// lengths are known before anything is written, so the attribute is
+    /// written front to back in at most four appends: its head (tag, length,
+    /// the key's tag and length), the key, the value's head (with a number
+    /// or boolean in it), and a string value's bytes. Arrays go behind
+    /// placeholders.
     fn attribute(&mut self, field: u32, k: &Key, v: &Value) {
         let key = k.as_str().as_bytes();
-        let value_len = match v {
+        let (value_len, text): (usize, &[u8]) = match v {
             Value::String(s) => {
                 let n = s.as_str().len();
-                1 + varint_len(n as u64) + n
+                (1 + varint_len(n as u64) + n, s.as_str().as_bytes())
             }
-            Value::Bool(_) => 2,
-            Value::I64(i) => 1 + varint_len(*i as u64),
-            Value::F64(_) => 9,
+            Value::Bool(_) => (2, &[]),
+            Value::I64(i) => (1 + varint_len(*i as u64), &[]),
+            Value::F64(_) => (9, &[]),
             _ => {
                 self.message(field, |pb| {
                     pb.bytes(1, key);
@@ -204,13 +211,119 @@ impl Pb {
             1 + varint_len(key.len() as u64) + key.len()
         };
         let kv_len = key_len + 1 + varint_len(value_len as u64) + value_len;
-        self.buf.reserve(12 + kv_len);
-        self.key(field, LEN);
-        self.varint(kv_len as u64);
-        self.bytes(1, key);
-        self.key(2, LEN);
-        self.varint(value_len as u64);
-        self.any_value(v);
+        self.buf.reserve(2 * Head::SIZE + key.len() + text.len());
+        // Most attributes are under 128 bytes, where every tag and length is
+        // one byte: those heads are four fixed bytes.
+        let tag = |field: u32, wire: u32| ((field << 3) | wire) as u8;
+        if field < 16 && kv_len < 0x80 && !key.is_empty() {
+            self.buf.extend_from_slice(&[
+                tag(field, LEN),
+                kv_len as u8,
+                tag(1, LEN),
+                key.len() as u8,
+            ]);
+        } else {
+            // At most 5 + 10 + 1 + 10 bytes.
+            let mut head = Head::default();
+            head.key(field, LEN);
+            head.varint(kv_len as u64);
+            if !key.is_empty() {
+                head.key(1, LEN);
+                head.varint(key.len() as u64);
+            }
+            self.head(&head);
+        }
+        self.buf.extend_from_slice(key);
+        match v {
+            Value::String(_) if value_len < 0x80 => self.buf.extend_from_slice(&[
+                tag(2, LEN),
+                value_len as u8,
+                tag(1, LEN),
+                text.len() as u8,
+            ]),
+            Value::Bool(b) => {
+                self.buf
+                    .extend_from_slice(&[tag(2, LEN), 2, tag(2, VARINT), u8::from(*b)]);
+            }
+            _ => {
+                // At most 1 + 10 + 1 + 10 bytes.
+                let mut head = Head::default();
+                head.key(2, LEN);
+                head.varint(value_len as u64);
+                match v {
+                    Value::I64(i) => {
+                        head.key(3, VARINT);
+                        head.varint(*i as u64);
+                    }
+                    Value::F64(f) => {
+                        head.key(4, FIXED64);
+                        head.fixed64(f.to_bits());
+                    }
+                    _ => {
+                        head.key(1, LEN);
+                        head.varint(text.len() as u64);
+                    }
+                }
+                self.head(&head);
+            }
+        }
+        self.buf.extend_from_slice(text);
+    }
+
+    /// Appends `head`'s bytes: all of its buffer is copied (a copy of a
+    /// fixed size, which needs no call to `memcpy`), then the unused tail
+    /// is cut off again.
+    fn head(&mut self, head: &Head) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&head.bytes);
+        self.buf.truncate(at + head.len);
+    }
+}
+
+/// Tags, lengths and small values of one field, gathered on the stack so
+/// that they reach the body in one append ([`Pb::head`]). Every caller
+/// writes at most [`Head::SIZE`] bytes into one.
+#[derive(Default)]
+struct Head {
+    bytes: [u8; Head::SIZE],
+    len: usize,
+}
+
+impl Head {
+    const SIZE: usize = 32;
+
+    fn byte(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from((field << 3) | wire));
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        self.bytes[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+    }
+
+    fn fixed64(&mut self, v: u64) {
+        self.put(&v.to_le_bytes());
+    }
+
+    /// A nonzero `fixed64` field (proto3 leaves zero out).
+    fn fixed64_field(&mut self, field: u32, v: u64) {
+        if v != 0 {
+            self.key(field, FIXED64);
+            self.fixed64(v);
+        }
     }
 }
 
@@ -228,7 +341,7 @@ fn span_flags(sc_flags: u8, remote: bool) -> u32 {
     u32::from(sc_flags) | HAS_IS_REMOTE | if remote { IS_REMOTE } else { 0 }
 }
 
-fn kind_code(kind: &SpanKind) -> u64 {
+fn kind_code(kind: &SpanKind) -> u8 {
     match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
@@ -238,9 +351,17 @@ fn kind_code(kind: &SpanKind) -> u64 {
     }
 }
 
+/// Trace id, span id and tracestate, the first fields of a span and a link.
 fn ids(pb: &mut Pb, sc: &SpanContext) {
-    pb.bytes(1, &sc.trace_id().to_bytes());
-    pb.bytes(2, &sc.span_id().to_bytes());
+    // 2 + 16 + 2 + 8 bytes.
+    let mut head = Head::default();
+    head.key(1, LEN);
+    head.byte(16);
+    head.put(&sc.trace_id().to_bytes());
+    head.key(2, LEN);
+    head.byte(8);
+    head.put(&sc.span_id().to_bytes());
+    pb.head(&head);
     let state = sc.trace_state().header();
     pb.bytes(3, state.as_bytes());
 }
@@ -252,9 +373,13 @@ fn span(pb: &mut Pb, s: &SpanData) {
         pb.bytes(4, &s.parent_span_id.to_bytes());
     }
     pb.bytes(5, s.name.as_bytes());
-    pb.uint(6, kind_code(&s.span_kind));
-    pb.fixed64(7, unix_nanos(s.start_time));
-    pb.fixed64(8, unix_nanos(s.end_time));
+    // Kind, start and end: 2 + 9 + 9 bytes.
+    let mut head = Head::default();
+    head.key(6, VARINT);
+    head.byte(kind_code(&s.span_kind));
+    head.fixed64_field(7, unix_nanos(s.start_time));
+    head.fixed64_field(8, unix_nanos(s.end_time));
+    pb.head(&head);
     for kv in &s.attributes {
         pb.attribute(9, &kv.key, &kv.value);
     }
@@ -322,6 +447,17 @@ pub fn resource_body(resource: &Resource) -> Vec<u8> {
     pb.buf
 }
 
+/// Whether two spans were recorded under the same scope. The SDK's `==`
+/// collects and sorts both scopes' attributes into new vectors each time;
+/// scopes without attributes (the host's and most libraries') need only
+/// their names, versions and schemas compared.
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    if a.name() != b.name() || a.version() != b.version() || a.schema_url() != b.schema_url() {
+        return false;
+    }
+    (a.attributes().next().is_none() && b.attributes().next().is_none()) || a == b
+}
+
 /// An `ExportTraceServiceRequest` for `batch`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope, in order of first appearance.
 pub fn encode_request(
@@ -330,11 +466,22 @@ pub fn encode_request(
     batch: &[SpanData],
     out: &mut Vec<u8>,
 ) {
+    // Each span's scope, as an index into `scopes`, found once.
     let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    let mut scope_of = Vec::with_capacity(batch.len());
+    let mut last = 0;
     for s in batch {
-        if !scopes.contains(&&s.instrumentation_scope) {
-            scopes.push(&s.instrumentation_scope);
+        let sc = &s.instrumentation_scope;
+        if scopes.get(last).is_none_or(|known| !same_scope(known, sc)) {
+            last = match scopes.iter().position(|known| same_scope(known, sc)) {
+                Some(i) => i,
+                None => {
+                    scopes.push(sc);
+                    scopes.len() - 1
+                }
+            };
         }
+        scope_of.push(last);
     }
     let mut pb = Pb {
         buf: std::mem::take(out),
@@ -343,10 +490,10 @@ pub fn encode_request(
     // 2 MiB), a span with its attributes two.
     pb.message_in(1, 3, |pb| {
         pb.message(1, |pb| pb.buf.extend_from_slice(resource));
-        for sc in &scopes {
+        for (i, sc) in scopes.iter().enumerate() {
             pb.message_in(2, 3, |pb| {
                 pb.message(1, |pb| scope(pb, sc));
-                for s in batch.iter().filter(|s| &&s.instrumentation_scope == sc) {
+                for (s, _) in batch.iter().zip(&scope_of).filter(|(_, of)| **of == i) {
                     pb.message_in(2, 2, |pb| span(pb, s));
                 }
                 pb.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
@@ -592,6 +739,47 @@ mod tests {
         // fields, in field order, with proto3 defaults left out.
         assert_eq!(body, reference.encode_to_vec());
         assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+    }
+
+    #[test]
+    fn scopes_are_told_apart_as_the_sdk_tells_them() {
+        let scope = |name: &'static str, version: Option<&'static str>, attrs: Vec<KeyValue>| {
+            let mut b = InstrumentationScope::builder(name).with_attributes(attrs);
+            if let Some(v) = version {
+                b = b.with_version(v);
+            }
+            b.build()
+        };
+        let a = KeyValue::new("a", 1_i64);
+        let b = KeyValue::new("b", "x");
+        let cases = [
+            (scope("gantry", None, vec![]), scope("gantry", None, vec![])),
+            (scope("gantry", None, vec![]), scope("guest", None, vec![])),
+            (
+                scope("gantry", Some("1"), vec![]),
+                scope("gantry", None, vec![]),
+            ),
+            (
+                scope("gantry", Some("1"), vec![]),
+                scope("gantry", Some("2"), vec![]),
+            ),
+            (scope("g", None, vec![a.clone()]), scope("g", None, vec![])),
+            (
+                scope("g", None, vec![a.clone(), b.clone()]),
+                scope("g", None, vec![b.clone(), a.clone()]),
+            ),
+            (
+                scope("g", None, vec![a.clone()]),
+                scope("g", None, vec![KeyValue::new("a", 2_i64)]),
+            ),
+        ];
+        for (x, y) in &cases {
+            assert_eq!(same_scope(x, y), x == y, "{x:?} and {y:?}");
+            assert_eq!(same_scope(y, x), x == y, "{y:?} and {x:?}");
+        }
+        // Both answers occur among the cases.
+        assert!(cases.iter().any(|(x, y)| x == y));
+        assert!(cases.iter().any(|(x, y)| x != y));
     }
 
     #[test]
