@@ -297,12 +297,13 @@ impl Head {
         self.len += 1;
     }
 
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.byte((v as u8) | 0x80);
-            v >>= 7;
+    fn varint(&mut self, v: u64) {
+        if v < 0x80 {
+            self.byte(v as u8);
+        } else {
+            let (bytes, n) = varint_bytes(v);
+            self.put(&bytes[..n]);
         }
-        self.byte(v as u8);
     }
 
     fn key(&mut self, field: u32, wire: u32) {
