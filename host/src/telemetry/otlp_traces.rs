@@ -37,6 +37,11 @@ pub struct Pb {
     pub buf: Vec<u8>,
 }
 
+/// A field's tag: its number and wire type.
+fn tag(field: u32, wire: u32) -> u32 {
+    (field << 3) | wire
+}
+
 /// `v` as a varint: the bytes and how many of them are used.
 fn varint_bytes(mut v: u64) -> ([u8; 10], usize) {
     let mut out = [0u8; 10];
@@ -72,7 +77,7 @@ impl Pb {
     }
 
     fn key(&mut self, field: u32, wire: u32) {
-        self.varint(u64::from((field << 3) | wire));
+        self.varint(u64::from(tag(field, wire)));
     }
 
     fn uint(&mut self, field: u32, v: u64) {
@@ -214,12 +219,13 @@ impl Pb {
         self.buf.reserve(2 * Head::SIZE + key.len() + text.len());
         // Most attributes are under 128 bytes, where every tag and length is
         // one byte: those heads are four fixed bytes.
-        let tag = |field: u32, wire: u32| ((field << 3) | wire) as u8;
+        // With `field < 16`, every tag here fits in one byte.
+        let tag8 = |field: u32, wire: u32| tag(field, wire) as u8;
         if field < 16 && kv_len < 0x80 && !key.is_empty() {
             self.buf.extend_from_slice(&[
-                tag(field, LEN),
+                tag8(field, LEN),
                 kv_len as u8,
-                tag(1, LEN),
+                tag8(1, LEN),
                 key.len() as u8,
             ]);
         } else {
@@ -236,14 +242,14 @@ impl Pb {
         self.buf.extend_from_slice(key);
         match v {
             Value::String(_) if value_len < 0x80 => self.buf.extend_from_slice(&[
-                tag(2, LEN),
+                tag8(2, LEN),
                 value_len as u8,
-                tag(1, LEN),
+                tag8(1, LEN),
                 text.len() as u8,
             ]),
             Value::Bool(b) => {
                 self.buf
-                    .extend_from_slice(&[tag(2, LEN), 2, tag(2, VARINT), u8::from(*b)]);
+                    .extend_from_slice(&[tag8(2, LEN), 2, tag8(2, VARINT), u8::from(*b)]);
             }
             _ => {
                 // At most 1 + 10 + 1 + 10 bytes.
@@ -307,7 +313,7 @@ impl Head {
     }
 
     fn key(&mut self, field: u32, wire: u32) {
-        self.varint(u64::from((field << 3) | wire));
+        self.varint(u64::from(tag(field, wire)));
     }
 
     fn put(&mut self, b: &[u8]) {
