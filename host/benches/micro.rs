@@ -35,7 +35,6 @@ use gantry::router::Router;
 use gantry::runtime::{Runtime, RuntimeConfig, load_app};
 use gantry::telemetry::metrics::Metrics;
 use gantry::telemetry::trace::Tracing;
-use wasmtime_wasi_http::handler::ProxyPre;
 
 // The allocator the `gantry` binary uses (see `src/main.rs`): the store and
 // host state are allocated and freed on every request, so the figures must
@@ -133,10 +132,7 @@ source = "{wasm}/hello.wasm"
         // wasmtime's own floor for the same component: an empty store, and
         // every import a trapping host function (as many lowered imports as
         // Gantry's linker gives it), in the same engine and pool.
-        let component = match &version.loaded.pre {
-            ProxyPre::P2(p) => p.instance_pre().component().clone(),
-            ProxyPre::P3(p) => p.instance_pre().component().clone(),
-        };
+        let component = version.loaded.handler.component().clone();
         let mut linker = wasmtime::component::Linker::<()>::new(runtime.engine());
         linker
             .define_unknown_imports_as_traps(&component)

@@ -9,16 +9,20 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 use http_body::{Body, Frame, SizeHint};
-use wasmtime::component::ResourceTable;
-use wasmtime::{AsContextMut, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::component::{
+    Accessor, ComponentNamedList, Lift, Lower, Resource, ResourceTable, TypedFunc,
+};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::handler::Prepared;
+use wasmtime_wasi_http::p2::bindings::http::types as p2_types;
+use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::ComponentCaps;
@@ -27,7 +31,7 @@ use crate::capabilities::otel::{GuestTelemetry, OtelView};
 use crate::capabilities::outbound_http::OutboundHooks;
 use crate::capabilities::stdio::GuestOutput;
 use crate::capabilities::variables::ComponentVariables;
-use crate::runtime::LoadedComponent;
+use crate::runtime::{HandlerPre, HttpWorld, LoadedComponent};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
 
@@ -219,21 +223,21 @@ pub async fn invoke(
     let store_life: StoreLife = Box::pin(async move {
         let _permit = permit;
         let started = Instant::now();
-        let proxy = match loaded.pre.instantiate_async(&mut store).await {
-            Ok(p) => p,
+        let handler = match loaded.handler.instantiate(&mut store).await {
+            Ok(h) => h,
             Err(e) => return Err(classify_instantiation(e)),
         };
         metrics
             .instantiation
             .with(&[&loaded.id])
             .observe(started.elapsed().as_secs_f64(), None);
-        let prepared = match Prepared::new(store.as_context_mut(), &proxy, request, http_view, tx) {
-            Ok(p) => p,
+        let call = match handler.start(&mut store, request, tx) {
+            Ok(c) => c,
             Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
         };
         let result = store
             .run_concurrent(async move |accessor| {
-                prepared.run(accessor, std::future::pending()).await?;
+                call.run(accessor).await;
                 // Keep the store alive until the body is sent or dropped.
                 let _ = done_rx.await;
                 wasmtime::Result::Ok(())
@@ -337,6 +341,198 @@ fn new_store(
     store
 }
 
+/// `wasi:http/incoming-handler@0.2.x#handle`, as the host calls it.
+type P2Handle = TypedFunc<
+    (
+        Resource<p2_types::IncomingRequest>,
+        Resource<p2_types::ResponseOutparam>,
+    ),
+    (),
+>;
+/// `wasi:http/handler@0.3.x#handle`, as the host calls it.
+type P3Handle = TypedFunc<
+    (Resource<p3_types::Request>,),
+    (Result<Resource<p3_types::Response>, p3_types::ErrorCode>,),
+>;
+
+/// Where a response head goes: the guest's answer, or why there is none.
+type HeadSender = oneshot::Sender<wasmtime::Result<http::Response<WasiBody>>>;
+
+/// An instance's handler, ready to be given a request.
+pub(crate) enum Handler {
+    P2(P2Handle),
+    P3(P3Handle),
+}
+
+impl HandlerPre {
+    /// A new instance of the component in `store`, and its handler, taken by
+    /// the export index found at load.
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<HostState>,
+    ) -> wasmtime::Result<Handler> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let func = instance.get_func(&mut *store, self.handle).ok_or_else(|| {
+            wasmtime::format_err!("the component's `handle` export is not a function")
+        })?;
+        Ok(match self.world {
+            HttpWorld::P2 => Handler::P2(self.typed(store, func)?),
+            HttpWorld::P3 => Handler::P3(self.typed(store, func)?),
+        })
+    }
+
+    /// `func` with the signature the host calls it with: checked by wasmtime
+    /// on the first instance, taken as checked on the others.
+    fn typed<P, R>(
+        &self,
+        store: &Store<HostState>,
+        func: wasmtime::component::Func,
+    ) -> wasmtime::Result<TypedFunc<P, R>>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentNamedList + Lift,
+    {
+        if self.checked.load(Ordering::Acquire) {
+            // SAFETY: `func` is the export at `self.handle` of an instance of
+            // `self.pre`, and the same export of an earlier instance of
+            // `self.pre` passed `Func::typed` with these `P` and `R` (only
+            // this function sets `checked`, right after that check). All
+            // instances of one `InstancePre` share its component and its
+            // linker's definitions, host resource types included, so they
+            // give that export the same type.
+            return Ok(unsafe { TypedFunc::new_unchecked(func) });
+        }
+        let typed = func.typed::<P, R>(store).map_err(|e| {
+            e.context(format!(
+                "the {} handler's `handle` export is not of the type the host calls",
+                self.world
+            ))
+        })?;
+        self.checked.store(true, Ordering::Release);
+        Ok(typed)
+    }
+}
+
+impl Handler {
+    /// Hands `request` to the guest's table and makes the call ready for the
+    /// store to run (`GuestCall::run`). The response head goes to `head`.
+    fn start(
+        self,
+        store: &mut Store<HostState>,
+        request: http::Request<WasiBody>,
+        head: HeadSender,
+    ) -> wasmtime::Result<GuestCall> {
+        let mut view = store.data_mut().http();
+        match self {
+            Handler::P2(func) => {
+                let request = view.new_incoming_request(p2_types::Scheme::Http, request)?;
+                // The head is sent by whichever comes first: the guest's
+                // `response-outparam.set`, or the end of the call.
+                let head = Arc::new(std::sync::Mutex::new(Some(head)));
+                let out = view.new_response_outparam_from_callback({
+                    let head = head.clone();
+                    move |answer| {
+                        if let Some(tx) = take_sender(&head) {
+                            let _ = tx.send(answer.map_err(wasmtime::Error::from));
+                        }
+                    }
+                })?;
+                Ok(GuestCall::P2 {
+                    func,
+                    request,
+                    out,
+                    head,
+                })
+            }
+            Handler::P3(func) => {
+                let (request, io) = wasmtime_wasi_http::p3::Request::from_http(view.hooks, request);
+                let request = view.table.push(request)?;
+                Ok(GuestCall::P3 {
+                    func,
+                    request,
+                    io: Box::pin(io),
+                    head,
+                })
+            }
+        }
+    }
+}
+
+/// Why a 0.2 guest gave no response head.
+const NO_RESPONSE_SET: &str = "guest never invoked `response-outparam::set` method";
+
+/// One call of a guest's handler, with its request already in the guest's
+/// table.
+enum GuestCall {
+    P2 {
+        func: P2Handle,
+        request: Resource<p2_types::IncomingRequest>,
+        out: Resource<p2_types::ResponseOutparam>,
+        head: Arc<std::sync::Mutex<Option<HeadSender>>>,
+    },
+    P3 {
+        func: P3Handle,
+        request: Resource<p3_types::Request>,
+        /// Reports to the guest how reading the request body ended.
+        io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        head: HeadSender,
+    },
+}
+
+impl GuestCall {
+    /// Runs the call inside the store until the guest's handler returns.
+    /// The response head, or the error that stands for it, has been sent
+    /// when this returns.
+    async fn run(self, accessor: &Accessor<HostState>) {
+        match self {
+            GuestCall::P2 {
+                func,
+                request,
+                out,
+                head,
+            } => {
+                let ended = func.call_concurrent(accessor, (request, out)).await;
+                // Still here: the guest returned or trapped without setting
+                // its response.
+                if let Some(tx) = take_sender(&head) {
+                    let why = match ended {
+                        Ok(()) => wasmtime::format_err!("{NO_RESPONSE_SET}"),
+                        Err(e) => e.context(NO_RESPONSE_SET),
+                    };
+                    let _ = tx.send(Err(why));
+                }
+            }
+            GuestCall::P3 {
+                func,
+                request,
+                io,
+                head,
+            } => {
+                let answer = async {
+                    let (response,) = func.call_concurrent(accessor, (request,)).await?;
+                    let response = response?;
+                    accessor.with(|mut access| {
+                        let response = access.get().http().table.delete(response)?;
+                        response.into_http_with_getter(&mut access, io, http_view)
+                    })
+                }
+                .await;
+                let _ = head.send(answer);
+            }
+        }
+    }
+}
+
+/// The head's sender, if nobody has taken it yet.
+fn take_sender(slot: &std::sync::Mutex<Option<HeadSender>>) -> Option<HeadSender> {
+    // A poisoned lock still holds the sender: a panic elsewhere must not
+    // lose the answer.
+    match slot.lock() {
+        Ok(mut s) => s.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
 /// What every request pays before its handler runs: a fresh store with the
 /// request's host state, and an instance of `loaded` in it. The guest is not
 /// called; the store (and its pool slot) is released before this returns.
@@ -355,8 +551,8 @@ pub async fn instantiate_only(
     let mut store = new_store(engine, caps, max_memory, trace, gpio, deadline);
     let store_ready = Instant::now();
     loaded
-        .pre
-        .instantiate_async(&mut store)
+        .handler
+        .instantiate(&mut store)
         .await
         .map_err(classify_instantiation)?;
     let times = SetUpTimes {

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context as _;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi_http::handler::ProxyPre;
 
 use crate::capabilities::ComponentCaps;
 use crate::instance::HostState;
@@ -259,6 +258,63 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
+/// The handler interfaces at the versions of the WIT that
+/// wasmtime-wasi-http 50 is generated from.
+const P2_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
+const P3_HANDLER: &str = "wasi:http/handler@0.3.0";
+
+/// A linked component and where its HTTP handler sits among its exports,
+/// both found once when the component is loaded. Each request instantiates
+/// it and takes the handler by that index (`instance::instantiate_handler`),
+/// where wasmtime-wasi-http's bindings look the export up by name and check
+/// its type again on every instance: 3k instructions of the ~105k an
+/// instantiation costs (callgrind over the micro bench).
+pub struct HandlerPre {
+    pub(crate) pre: InstancePre<HostState>,
+    /// The `handle` function of `wasi:http/incoming-handler@0.2.x` (P2) or
+    /// of `wasi:http/handler@0.3.x` (P3), as `world` says.
+    pub(crate) handle: ComponentExportIndex,
+    pub(crate) world: HttpWorld,
+    /// Set once an instance's `handle` has passed wasmtime's full type check
+    /// against the signature the host calls it with. Every instance of `pre`
+    /// has the same component and the same linker, so the same types: later
+    /// instances skip the check.
+    pub(crate) checked: AtomicBool,
+}
+
+impl HandlerPre {
+    /// The handler export of `pre`'s component, looked up by the names
+    /// wasmtime-wasi-http's bindings use (wasmtime matches any
+    /// semver-compatible version): `wasi:http/incoming-handler` 0.2 first,
+    /// else `wasi:http/handler` 0.3; `None` when it exports neither with a
+    /// `handle` in it.
+    fn new(pre: InstancePre<HostState>) -> Option<(HandlerPre, HttpWorld)> {
+        let component = pre.component();
+        let find = |interface: &str| {
+            let instance = component.get_export_index(None, interface)?;
+            component.get_export_index(Some(&instance), "handle")
+        };
+        let (handle, world) = match find(P2_HANDLER) {
+            Some(h) => (h, HttpWorld::P2),
+            None => (find(P3_HANDLER)?, HttpWorld::P3),
+        };
+        Some((
+            HandlerPre {
+                pre,
+                handle,
+                world,
+                checked: AtomicBool::new(false),
+            },
+            world,
+        ))
+    }
+
+    /// The linked component.
+    pub fn component(&self) -> &Component {
+        self.pre.component()
+    }
+}
+
 /// A compiled, linked, type-checked component version.
 pub struct LoadedComponent {
     pub id: Arc<str>,
@@ -267,7 +323,7 @@ pub struct LoadedComponent {
     pub digest: Arc<str>,
     pub size: u64,
     pub world: HttpWorld,
-    pub pre: ProxyPre<HostState>,
+    pub handler: HandlerPre,
     pub loaded_at: SystemTime,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
@@ -436,21 +492,16 @@ impl Runtime {
                     path: path_buf.clone(),
                     reason: format!("{e:#}"),
                 })?;
-        let (pre, world) =
-            match wasmtime_wasi_http::p2::bindings::ProxyPre::new(instance_pre.clone()) {
-                Ok(p) => (ProxyPre::P2(p), HttpWorld::P2),
-                Err(_) => match wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre) {
-                    Ok(p) => (ProxyPre::P3(p), HttpWorld::P3),
-                    Err(_) => return Err(ComponentError::NoHandler { path: path_buf }),
-                },
-            };
+        let (handler, world) = HandlerPre::new(instance_pre).ok_or(ComponentError::NoHandler {
+            path: path_buf.clone(),
+        })?;
         Ok(LoadedComponent {
             id: Arc::from(id),
             source: path_buf,
             digest: digest.into(),
             size: bytes.len() as u64,
             world,
-            pre,
+            handler,
             loaded_at: SystemTime::now(),
             from_cache,
             compile_time: started.elapsed(),

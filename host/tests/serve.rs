@@ -212,3 +212,57 @@ async fn a_client_that_goes_away_frees_its_instance() {
         assert_eq!(r.status, 200, "after abandoning {path}");
     }
 }
+
+/// A component whose `wasi:http/incoming-handler` export has the wrong
+/// signature loads (its exports name a handler), but no request reaches it:
+/// wasmtime's type check refuses the first instance and every one after it,
+/// since only a check that passed lets later instances skip it. Each such
+/// request costs itself a 500; the other routes go on serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_of_the_wrong_type_costs_only_its_own_requests() {
+    wasm("alpha");
+    let bad = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "handle")))
+            (core instance $i (instantiate $m))
+            (type $no-args (func))
+            (func $handle (type $no-args) (canon lift (core func $i "handle")))
+            (instance $handler (export "handle" (func $handle)))
+            (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))"#,
+    )
+    .expect("component text");
+    let (dir, manifest) = write_manifest(
+        r#"spin_manifest_version = 2
+[application]
+name = "wrong-type"
+[[trigger.http]]
+route = "/bad"
+component = "bad"
+[component.bad]
+source = "bad.wasm"
+[[trigger.http]]
+route = "/alpha"
+component = "alpha"
+[component.alpha]
+source = "{wasm}/alpha.wasm"
+"#,
+    );
+    std::fs::write(dir.path().join("bad.wasm"), bad).expect("write component");
+    let g = Gantry::start(&manifest, &[]);
+    for _ in 0..3 {
+        let r = get(&g.url("/bad")).await;
+        assert_eq!(r.status, 500, "{}", r.text());
+        let r = get(&g.url("/alpha")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let log = g.stderr();
+    assert_eq!(
+        log.matches(
+            "the wasi:http 0.2 handler's `handle` export is not of the type the host calls: \
+             type mismatch with parameters"
+        )
+        .count(),
+        3,
+        "each request to /bad should fail wasmtime's type check:\n{log}"
+    );
+}
