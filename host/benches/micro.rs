@@ -192,6 +192,78 @@ source = "{wasm}/hello.wasm"
     }
 }
 
+/// What WASI 0.3 support costs every instantiation: wasmtime's floor for
+/// `plain` (empty store, trapping imports) on two engines alike but for
+/// component-model async and wasmtime's concurrency support, which Gantry's
+/// engine has on so that it can serve 0.3 components. Interleaved in blocks.
+fn concurrency_cost(rt: &tokio::runtime::Runtime, count: usize) {
+    let engine = |concurrent: bool| {
+        let mut c = wasmtime::Config::new();
+        c.wasm_component_model(true);
+        c.wasm_component_model_async(concurrent);
+        c.concurrency_support(concurrent);
+        c.epoch_interruption(true);
+        c.memory_reservation(128 << 20);
+        c.memory_guard_size(2 << 20);
+        let mut p = wasmtime::PoolingAllocationConfig::default();
+        p.total_component_instances(16);
+        p.total_core_instances(16 * 32);
+        p.total_memories(16 * 4);
+        p.total_tables(16 * 8);
+        p.max_memory_size(128 << 20);
+        p.total_stacks(16);
+        p.linear_memory_keep_resident(2 << 20);
+        p.table_keep_resident(4096);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(p));
+        wasmtime::Engine::new(&c).expect("engine")
+    };
+    let bytes = std::fs::read(wasm("plain")).expect("plain.wasm");
+    let floors: Vec<_> = [("with 0.3 support", true), ("without", false)]
+        .into_iter()
+        .map(|(name, concurrent)| {
+            let engine = engine(concurrent);
+            let component = wasmtime::component::Component::new(&engine, &bytes).expect("compile");
+            let mut linker = wasmtime::component::Linker::<()>::new(&engine);
+            linker
+                .define_unknown_imports_as_traps(&component)
+                .expect("trapping imports");
+            let pre = linker.instantiate_pre(&component).expect("instance pre");
+            (name, engine, pre, Vec::with_capacity(count))
+        })
+        .collect();
+    let mut floors = floors;
+    for block in 0..5 {
+        for (_, engine, pre, times) in floors.iter_mut() {
+            rt.block_on(async {
+                for _ in 0..count / 4 {
+                    let started = Instant::now();
+                    let mut store = wasmtime::Store::new(engine, ());
+                    store.set_epoch_deadline(1 << 20);
+                    pre.instantiate_async(&mut store)
+                        .await
+                        .expect("instantiate");
+                    // The first block warms up.
+                    if block > 0 {
+                        times.push(micros(started.elapsed()));
+                    }
+                }
+            });
+        }
+    }
+    println!("what WASI 0.3 support costs an instantiation (wasmtime floor, plain, {count} each):");
+    let mut p50 = Vec::new();
+    for (name, _, _, times) in floors {
+        let times = sorted(times);
+        println!(
+            "  engine {name:<17} p50 {:>6.1} us  p99 {:>6.1} us",
+            quantile(&times, 0.5),
+            quantile(&times, 0.99)
+        );
+        p50.push(quantile(&times, 0.5));
+    }
+    println!("  without / with at p50: {:.2}x", p50[1] / p50[0]);
+}
+
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
@@ -484,6 +556,7 @@ fn main() {
         .expect("runtime");
     instantiation(&rt, count, false);
     instantiation(&rt, count, true);
+    concurrency_cost(&rt, count);
     if std::env::var_os("GANTRY_BENCH_ONLY_INSTANTIATION").is_some() {
         return;
     }
