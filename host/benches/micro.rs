@@ -138,24 +138,7 @@ source = "{wasm}/hello.wasm"
             .define_unknown_imports_as_traps(&component)
             .expect("trapping imports");
         let floor_pre = linker.instantiate_pre(&component).expect("instance pre");
-        let floor = |n: usize| {
-            let mut times = Vec::with_capacity(n);
-            rt.block_on(async {
-                for _ in 0..n {
-                    let started = Instant::now();
-                    let mut store = wasmtime::Store::new(runtime.engine(), ());
-                    // The engine counts epochs: without a deadline ahead, the
-                    // component's start-up code would trap at once.
-                    store.set_epoch_deadline(1 << 20);
-                    floor_pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .expect("instantiate");
-                    times.push(micros(started.elapsed()));
-                }
-            });
-            times
-        };
+        let floor = |n: usize| floor_times(rt, runtime.engine(), &floor_pre, n);
         // Warm-up, then the two interleaved in blocks so that both meet the
         // same machine.
         run(count / 10);
@@ -218,7 +201,7 @@ fn concurrency_cost(rt: &tokio::runtime::Runtime, count: usize) {
         wasmtime::Engine::new(&c).expect("engine")
     };
     let bytes = std::fs::read(wasm("plain")).expect("plain.wasm");
-    let floors: Vec<_> = [("with 0.3 support", true), ("without", false)]
+    let mut floors: Vec<_> = [("with 0.3 support", true), ("without", false)]
         .into_iter()
         .map(|(name, concurrent)| {
             let engine = engine(concurrent);
@@ -231,23 +214,13 @@ fn concurrency_cost(rt: &tokio::runtime::Runtime, count: usize) {
             (name, engine, pre, Vec::with_capacity(count))
         })
         .collect();
-    let mut floors = floors;
     for block in 0..5 {
         for (_, engine, pre, times) in floors.iter_mut() {
-            rt.block_on(async {
-                for _ in 0..count / 4 {
-                    let started = Instant::now();
-                    let mut store = wasmtime::Store::new(engine, ());
-                    store.set_epoch_deadline(1 << 20);
-                    pre.instantiate_async(&mut store)
-                        .await
-                        .expect("instantiate");
-                    // The first block warms up.
-                    if block > 0 {
-                        times.push(micros(started.elapsed()));
-                    }
-                }
-            });
+            let block_times = floor_times(rt, engine, pre, count / 4);
+            // The first block warms up.
+            if block > 0 {
+                times.extend(block_times);
+            }
         }
     }
     println!("what WASI 0.3 support costs an instantiation (wasmtime floor, plain, {count} each):");
@@ -262,6 +235,31 @@ fn concurrency_cost(rt: &tokio::runtime::Runtime, count: usize) {
         p50.push(quantile(&times, 0.5));
     }
     println!("  without / with at p50: {:.2}x", p50[1] / p50[0]);
+}
+
+/// wasmtime's floor: `n` instantiations of `pre`, each in a fresh empty
+/// store, timed from the store's creation (its release not included).
+fn floor_times(
+    rt: &tokio::runtime::Runtime,
+    engine: &wasmtime::Engine,
+    pre: &wasmtime::component::InstancePre<()>,
+    n: usize,
+) -> Vec<f64> {
+    let mut times = Vec::with_capacity(n);
+    rt.block_on(async {
+        for _ in 0..n {
+            let started = Instant::now();
+            let mut store = wasmtime::Store::new(engine, ());
+            // The engine counts epochs: without a deadline ahead, the
+            // component's start-up code would trap at once.
+            store.set_epoch_deadline(1 << 20);
+            pre.instantiate_async(&mut store)
+                .await
+                .expect("instantiate");
+            times.push(micros(started.elapsed()));
+        }
+    });
+    times
 }
 
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
