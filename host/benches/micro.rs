@@ -113,7 +113,6 @@ source = "{wasm}/hello.wasm"
                     };
                     let started = Instant::now();
                     let took = instantiate_only(
-                        runtime.engine(),
                         &version.loaded,
                         &version.caps,
                         128 << 20,
@@ -131,14 +130,16 @@ source = "{wasm}/hello.wasm"
         };
         // wasmtime's own floor for the same component: an empty store, and
         // every import a trapping host function (as many lowered imports as
-        // Gantry's linker gives it), in the same engine and pool.
+        // Gantry's linker gives it), in the same engine and pool: the plain
+        // one for a 0.2 component (see `--one-engine`).
         let component = version.loaded.handler.component().clone();
-        let mut linker = wasmtime::component::Linker::<()>::new(runtime.engine());
+        let engine = component.engine().clone();
+        let mut linker = wasmtime::component::Linker::<()>::new(&engine);
         linker
             .define_unknown_imports_as_traps(&component)
             .expect("trapping imports");
         let floor_pre = linker.instantiate_pre(&component).expect("instance pre");
-        let floor = |n: usize| floor_times(rt, runtime.engine(), &floor_pre, n);
+        let floor = |n: usize| floor_times(rt, &engine, &floor_pre, n);
         // Warm-up, then the two interleaved in blocks so that both meet the
         // same machine.
         run(count / 10);
@@ -153,11 +154,16 @@ source = "{wasm}/hello.wasm"
         }
         let (store, inst, whole, bare) = (sorted(store), sorted(inst), sorted(whole), sorted(bare));
         println!(
-            "  {:<6} ({:>4} KiB, {}) store + instantiate: p50 {:>6.1} us  p99 {:>6.1} us \
+            "  {:<6} ({:>4} KiB, {}, {} engine) store + instantiate: p50 {:>6.1} us  p99 {:>6.1} us \
              (store with host state p50 {:>4.1} us) | with the store dropped: p50 {:>6.1} us  p99 {:>6.1} us",
             slot.id,
             version.loaded.size / 1024,
             version.loaded.world,
+            if version.loaded.handler.on_concurrent_engine() {
+                "concurrent"
+            } else {
+                "plain"
+            },
             quantile(&inst, 0.5),
             quantile(&inst, 0.99),
             quantile(&store, 0.5),

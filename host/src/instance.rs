@@ -194,7 +194,6 @@ pub struct Call {
 
 /// Calls the component's handler for one request.
 pub async fn invoke(
-    engine: &Engine,
     call: Call,
     request: http::Request<WasiBody>,
 ) -> Result<http::Response<WasiBody>, InvokeError> {
@@ -209,6 +208,7 @@ pub async fn invoke(
     } = call;
     let deadline = Instant::now() + timeout;
     let metrics = trace.metrics.clone();
+    let engine = loaded.handler.component().engine();
     let mut store = new_store(engine, &caps, max_memory, trace, gpio, deadline);
 
     let (tx, rx) = oneshot::channel();
@@ -235,14 +235,22 @@ pub async fn invoke(
             Ok(c) => c,
             Err(e) => return Err(InvokeError::Instantiate(format!("{e:#}"))),
         };
-        let result = store
-            .run_concurrent(async move |accessor| {
-                call.run(accessor).await;
-                // Keep the store alive until the body is sent or dropped.
-                let _ = done_rx.await;
-                wasmtime::Result::Ok(())
-            })
-            .await;
+        let result = if loaded.handler.concurrent {
+            store
+                .run_concurrent(async move |accessor| {
+                    call.run(accessor).await;
+                    // Keep the store alive until the body is sent or dropped.
+                    let _ = done_rx.await;
+                    wasmtime::Result::Ok(())
+                })
+                .await
+        } else {
+            // The plain engine (0.2 only): no concurrent calls, so none of
+            // their bookkeeping; the guest runs inside `call_async`.
+            call.run_plain(&mut store).await;
+            let _ = done_rx.await;
+            Ok(Ok(()))
+        };
         let peak = store.data().limits.peak;
         metrics
             .guest_memory_peak
@@ -492,15 +500,7 @@ impl GuestCall {
                 head,
             } => {
                 let ended = func.call_concurrent(accessor, (request, out)).await;
-                // Still here: the guest returned or trapped without setting
-                // its response.
-                if let Some(tx) = take_sender(&head) {
-                    let why = match ended {
-                        Ok(()) => wasmtime::format_err!("{NO_RESPONSE_SET}"),
-                        Err(e) => e.context(NO_RESPONSE_SET),
-                    };
-                    let _ = tx.send(Err(why));
-                }
+                p2_ended(&head, ended);
             }
             GuestCall::P3 {
                 func,
@@ -523,6 +523,44 @@ impl GuestCall {
     }
 }
 
+impl GuestCall {
+    /// Runs a 0.2 call on an engine without concurrency support, until the
+    /// guest's handler returns. As with `run`, the response head (or the
+    /// error that stands for it) has been sent when this returns.
+    async fn run_plain(self, store: &mut Store<HostState>) {
+        match self {
+            GuestCall::P2 {
+                func,
+                request,
+                out,
+                head,
+            } => {
+                let ended = func.call_async(&mut *store, (request, out)).await;
+                p2_ended(&head, ended);
+            }
+            GuestCall::P3 { head, .. } => {
+                // `Runtime::link` puts no 0.3 handler on the plain engine.
+                let _ = head.send(Err(wasmtime::format_err!(
+                    "a wasi:http 0.3 handler needs an engine with concurrency support"
+                )));
+            }
+        }
+    }
+}
+
+/// A 0.2 call has ended: if the guest set no response, say why.
+fn p2_ended(head: &std::sync::Mutex<Option<HeadSender>>, ended: wasmtime::Result<()>) {
+    // Still here: the guest returned or trapped without setting its
+    // response.
+    if let Some(tx) = take_sender(head) {
+        let why = match ended {
+            Ok(()) => wasmtime::format_err!("{NO_RESPONSE_SET}"),
+            Err(e) => e.context(NO_RESPONSE_SET),
+        };
+        let _ = tx.send(Err(why));
+    }
+}
+
 /// The head's sender, if nobody has taken it yet.
 fn take_sender(slot: &std::sync::Mutex<Option<HeadSender>>) -> Option<HeadSender> {
     // A poisoned lock still holds the sender: a panic elsewhere must not
@@ -539,7 +577,6 @@ fn take_sender(slot: &std::sync::Mutex<Option<HeadSender>>) -> Option<HeadSender
 /// Returns how long each half took (the release not included). The
 /// instantiation benchmark (`cargo bench -p gantry --bench micro`) times it.
 pub async fn instantiate_only(
-    engine: &Engine,
     loaded: &LoadedComponent,
     caps: &ComponentCaps,
     max_memory: u64,
@@ -548,6 +585,7 @@ pub async fn instantiate_only(
 ) -> Result<SetUpTimes, InvokeError> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(10);
+    let engine = loaded.handler.component().engine();
     let mut store = new_store(engine, caps, max_memory, trace, gpio, deadline);
     let store_ready = Instant::now();
     loaded

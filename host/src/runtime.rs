@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -48,6 +48,9 @@ pub struct RuntimeConfig {
     /// where the kernel's `PAGEMAP_SCAN` alone cannot tell; see
     /// `pagemap::WriteTracker` and `--no-write-tracking`.
     pub track_writes: bool,
+    /// Serve WASI 0.2 components from a second engine without concurrency
+    /// support (see `Runtime::plain`); see `--one-engine`.
+    pub plain_engine: bool,
 }
 
 /// How a new instance's linear memory gets its initial contents
@@ -196,6 +199,7 @@ impl Default for RuntimeConfig {
             keep_resident: default_keep_resident(),
             memory_init_cow: true,
             track_writes: true,
+            plain_engine: true,
         }
     }
 }
@@ -280,6 +284,10 @@ pub struct HandlerPre {
     /// has the same component and the same linker, so the same types: later
     /// instances skip the check.
     pub(crate) checked: AtomicBool,
+    /// Whether the component's engine has concurrency support. Without it
+    /// (the plain engine, 0.2 only) the handler is called directly rather
+    /// than inside `Store::run_concurrent`, which such an engine refuses.
+    pub(crate) concurrent: bool,
 }
 
 impl HandlerPre {
@@ -288,7 +296,7 @@ impl HandlerPre {
     /// semver-compatible version): `wasi:http/incoming-handler` 0.2 first,
     /// else `wasi:http/handler` 0.3; `None` when it exports neither with a
     /// `handle` in it.
-    fn new(pre: InstancePre<HostState>) -> Option<HandlerPre> {
+    fn new(pre: InstancePre<HostState>, concurrent: bool) -> Option<HandlerPre> {
         let component = pre.component();
         let find = |interface: &str| {
             let instance = component.get_export_index(None, interface)?;
@@ -303,6 +311,7 @@ impl HandlerPre {
             handle,
             world,
             checked: AtomicBool::new(false),
+            concurrent,
         })
     }
 
@@ -310,6 +319,48 @@ impl HandlerPre {
     pub fn component(&self) -> &Component {
         self.pre.component()
     }
+
+    /// Whether the component runs on the engine with concurrency support
+    /// (every 0.3 component does) rather than the plain one.
+    pub fn on_concurrent_engine(&self) -> bool {
+        self.concurrent
+    }
+}
+
+/// Whether a component's exports name a `wasi:http/incoming-handler` 0.2
+/// and no `wasi:http/handler` 0.3: the only kind the engine without
+/// concurrency support can serve. Read from the binary before compiling, so
+/// that a 0.3 component is never compiled for an engine that refuses it.
+/// Its imports are left to the engine and the linker, which refuse any 0.3
+/// one (and the full engine then takes the component).
+pub fn serves_only_p2(bytes: &[u8]) -> bool {
+    let mut p2 = false;
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ModuleSection { .. })
+            | Ok(wasmparser::Payload::ComponentSection { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+            }
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 0 => {
+                for export in exports {
+                    let Ok(export) = export else { return false };
+                    let name = export.name.name;
+                    if name.starts_with("wasi:http/handler@0.3") {
+                        return false;
+                    }
+                    p2 |= name.starts_with("wasi:http/incoming-handler@0.2");
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    p2
 }
 
 /// A compiled, linked, type-checked component version.
@@ -328,13 +379,27 @@ pub struct LoadedComponent {
 }
 
 pub struct Runtime {
+    /// The engine every component can run on: WASI 0.2 and 0.3, with
+    /// component-model async and wasmtime's concurrency support.
+    full: EngineUnit,
+    /// An engine without concurrency support, for components that serve
+    /// `wasi:http/incoming-handler` 0.2 and import nothing of 0.3; built at
+    /// the first such component. `None` inside when it could not be built
+    /// as the full engine was (then every component runs on the full one).
+    plain: OnceLock<Option<EngineUnit>>,
+    config: RuntimeConfig,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+/// An engine, the linker of everything Gantry provides on it, and its pool.
+struct EngineUnit {
     engine: Engine,
     linker: Linker<HostState>,
-    config: RuntimeConfig,
+    /// Whether `engine` has concurrency support (it then serves 0.3 too).
+    concurrent: bool,
     pooling: bool,
-    stop_ticker: Arc<AtomicBool>,
     /// The pool's write tracking, held only to keep it alive as long as the
-    /// runtime; `None` where the kernel needs none or it could not be set up.
+    /// engine; `None` where the kernel needs none or it could not be set up.
     _write_tracking: Option<crate::pagemap::WriteTracker>,
 }
 
@@ -344,18 +409,25 @@ impl Drop for Runtime {
     }
 }
 
-impl Runtime {
-    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+impl EngineUnit {
+    /// Builds an engine for `config`, pooled when the address space and the
+    /// configuration allow it, with or without concurrency support, and its
+    /// linker; starts its epoch ticker.
+    fn build(
+        config: &RuntimeConfig,
+        concurrent: bool,
+        stop_ticker: &Arc<AtomicBool>,
+    ) -> anyhow::Result<EngineUnit> {
         let mut pooling = false;
         let mut write_tracking = None;
         let engine = if config.pooling {
-            let need = pool_reservation_bytes(&config);
+            let need = pool_reservation_bytes(config);
             if probe_address_space(need) {
                 let exact = crate::pagemap::scan() == crate::pagemap::Scan::Exact;
                 let slab = if exact || config.keep_resident == 0 || !config.track_writes {
                     None
                 } else if crate::pagemap::tracked_scan() == crate::pagemap::Scan::Exact {
-                    MemorySlab::of(&config)
+                    MemorySlab::of(config)
                 } else {
                     tracing::debug!(
                         "no write tracking: the tracked probe found {}",
@@ -365,9 +437,10 @@ impl Runtime {
                 };
                 // One engine at a time in this process from here to the end
                 // of `track`: the one new reservation of the slab's size is
-                // then this engine's, never another runtime's that may
+                // then this engine's, never another engine's that may
                 // already be serving (whose written pages must not be
-                // protected as if they held zeros).
+                // protected as if they held zeros). A runtime's two engines
+                // have slabs of one size; this is what tells them apart.
                 static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
                 let _one = BUILDING
                     .lock()
@@ -377,9 +450,9 @@ impl Runtime {
                     .map(|s| crate::pagemap::reservations(s.total))
                     .unwrap_or_default();
                 let pooled = |scan: bool| {
-                    let mut wcfg = base_config(&config);
+                    let mut wcfg = base_config(config, concurrent);
                     wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
-                        &config, scan,
+                        config, scan,
                     )));
                     Engine::new(&wcfg)
                 };
@@ -411,7 +484,7 @@ impl Runtime {
                         tracing::info!(
                             "pooling allocator unavailable ({err:#}); using on-demand allocation"
                         );
-                        Engine::new(&base_config(&config))?
+                        Engine::new(&base_config(config, concurrent))?
                     }
                 }
             } else {
@@ -420,30 +493,74 @@ impl Runtime {
                     config.pool_size,
                     need >> 30
                 );
-                Engine::new(&base_config(&config))?
+                Engine::new(&base_config(config, concurrent))?
             }
         } else {
-            Engine::new(&base_config(&config))?
+            Engine::new(&base_config(config, concurrent))?
         };
 
         let mut linker = Linker::new(&engine);
-        crate::capabilities::add_to_linker(&mut linker)?;
-
-        let stop_ticker = Arc::new(AtomicBool::new(false));
+        crate::capabilities::add_to_linker(&mut linker, concurrent)?;
         spawn_epoch_ticker(engine.weak(), stop_ticker.clone());
-
-        Ok(Runtime {
+        Ok(EngineUnit {
             engine,
             linker,
-            config,
+            concurrent,
             pooling,
-            stop_ticker,
             _write_tracking: write_tracking,
         })
     }
+}
 
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let full = EngineUnit::build(&config, true, &stop_ticker)?;
+        Ok(Runtime {
+            full,
+            plain: OnceLock::new(),
+            config,
+            stop_ticker,
+        })
+    }
+
+    /// The engine without concurrency support, built on first use. It is
+    /// only worth having when it allocates as the full engine does: on
+    /// demand, where the full engine has a pool, it would be slower.
+    fn plain(&self) -> Option<&EngineUnit> {
+        self.plain
+            .get_or_init(|| {
+                if !self.config.plain_engine {
+                    return None;
+                }
+                // Where the full engine has no pool, neither tries again.
+                let config = RuntimeConfig {
+                    pooling: self.full.pooling,
+                    ..self.config.clone()
+                };
+                match EngineUnit::build(&config, false, &self.stop_ticker) {
+                    Ok(unit) if unit.pooling == self.full.pooling => Some(unit),
+                    Ok(_) => {
+                        tracing::info!(
+                            "no pool for a second engine; WASI 0.2 components share the full engine"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "cannot build an engine for WASI 0.2 components ({e:#}); they share the full engine"
+                        );
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// The engine with concurrency support, which every component can run
+    /// on. A loaded component's own engine is `handler.component().engine()`.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.full.engine
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -451,7 +568,7 @@ impl Runtime {
     }
 
     pub fn uses_pooling(&self) -> bool {
-        self.pooling
+        self.full.pooling
     }
 
     /// Reads, compiles (or loads from cache), links and type-checks a
@@ -480,18 +597,25 @@ impl Runtime {
             return Err(ComponentError::CoreModule { path: path_buf });
         }
         let digest = digest(bytes);
-        let (component, from_cache) = self.compile_cached(bytes, &digest, path)?;
-
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| ComponentError::Link {
-                    path: path_buf.clone(),
-                    reason: format!("{e:#}"),
-                })?;
-        let handler = HandlerPre::new(instance_pre).ok_or_else(|| ComponentError::NoHandler {
-            path: path_buf.clone(),
-        })?;
+        let plain = if serves_only_p2(bytes) {
+            self.plain()
+        } else {
+            None
+        };
+        let linked = match plain.map(|unit| self.link(unit, bytes, &digest, path)) {
+            Some(Ok(linked)) => linked,
+            Some(Err(e)) => {
+                // Anything the plain engine refuses (a 0.3 import, say) the
+                // full engine may take; its error is the one to report.
+                tracing::debug!(
+                    component = id,
+                    "not for the engine without concurrency support: {e}"
+                );
+                self.link(&self.full, bytes, &digest, path)?
+            }
+            None => self.link(&self.full, bytes, &digest, path)?,
+        };
+        let (handler, from_cache) = linked;
         Ok(LoadedComponent {
             id: Arc::from(id),
             source: path_buf,
@@ -505,8 +629,34 @@ impl Runtime {
         })
     }
 
+    /// Compiles (or loads from cache) and links a component on one engine,
+    /// and finds its handler. The plain engine takes only 0.2 handlers.
+    fn link(
+        &self,
+        unit: &EngineUnit,
+        bytes: &[u8],
+        digest: &str,
+        path: &Path,
+    ) -> Result<(HandlerPre, bool), ComponentError> {
+        let (component, from_cache) = self.compile_cached(&unit.engine, bytes, digest, path)?;
+        let instance_pre =
+            unit.linker
+                .instantiate_pre(&component)
+                .map_err(|e| ComponentError::Link {
+                    path: path.to_path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
+        let handler = HandlerPre::new(instance_pre, unit.concurrent)
+            .filter(|h| unit.concurrent || h.world == HttpWorld::P2)
+            .ok_or_else(|| ComponentError::NoHandler {
+                path: path.to_path_buf(),
+            })?;
+        Ok((handler, from_cache))
+    }
+
     fn compile_cached(
         &self,
+        engine: &Engine,
         bytes: &[u8],
         digest: &str,
         path: &Path,
@@ -517,7 +667,7 @@ impl Runtime {
             let mut h = Sha256::new();
             h.update(digest.as_bytes());
             std::hash::Hash::hash(
-                &self.engine.precompile_compatibility_hash(),
+                &engine.precompile_compatibility_hash(),
                 &mut HashWriter(&mut h),
             );
             dir.join(format!("{:x}.cwasm", h.finalize()))
@@ -528,18 +678,17 @@ impl Runtime {
             // SAFETY: the file is one this host wrote (atomically, below) into
             // its own cache folder, keyed by content and engine hash; wasmtime
             // checks the header and refuses artifacts of another engine.
-            match unsafe { Component::deserialize_file(&self.engine, file) } {
+            match unsafe { Component::deserialize_file(engine, file) } {
                 Ok(c) => return Ok((c, true)),
                 Err(e) => {
                     tracing::warn!(cache = %file.display(), "ignoring unusable cache entry: {e:#}");
                 }
             }
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| ComponentError::Compile {
-                path: path.to_path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let component = Component::new(engine, bytes).map_err(|e| ComponentError::Compile {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        })?;
         if let Some(file) = cache_file
             && let Err(e) = write_cache(&component, &file)
         {
@@ -569,10 +718,15 @@ impl std::hash::Hasher for HashWriter<'_> {
     }
 }
 
-fn base_config(cfg: &RuntimeConfig) -> Config {
+fn base_config(cfg: &RuntimeConfig, concurrent: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
-    c.wasm_component_model_async(true);
+    // Concurrency support sets up every store and core instance for
+    // concurrent calls, which WASI 0.3 needs and 0.2 does not: without it,
+    // wasmtime's own instantiation of `plain` takes 28 % fewer instructions
+    // (68.1k against 94.2k; the micro bench's last part times it).
+    c.wasm_component_model_async(concurrent);
+    c.concurrency_support(concurrent);
     c.epoch_interruption(true);
     // Reserve only what a memory may grow to (not wasmtime's 4 GiB default),
     // for pool and on-demand alike: it keeps a pool of instances within a
@@ -982,6 +1136,41 @@ mod tests {
         assert_eq!(data_segment_bytes(b"not wasm at all"), None);
         let m = wat(r#"(module (memory 1) (data (i32.const 0) "hello"))"#);
         assert_eq!(data_segment_bytes(&m[..m.len() - 2]), None);
+    }
+
+    #[test]
+    fn only_a_top_level_0_2_handler_export_picks_the_plain_engine() {
+        let exporting = |names: &[&str]| {
+            let exports: String = names
+                .iter()
+                .map(|n| format!(r#"(export "{n}" (instance $i))"#))
+                .collect();
+            wat(&format!(
+                "(component (instance $i) {exports}
+                    (component (instance $j) (export \"wasi:http/incoming-handler@0.2.0\" (instance $j))))"
+            ))
+        };
+        assert!(serves_only_p2(&exporting(&[
+            "wasi:http/incoming-handler@0.2.0"
+        ])));
+        assert!(serves_only_p2(&exporting(&[
+            "wasi:http/incoming-handler@0.2.12",
+            "x"
+        ])));
+        // The nested component's export is not the component's own.
+        assert!(!serves_only_p2(&exporting(&[])));
+        assert!(!serves_only_p2(&exporting(&["wasi:http/handler@0.3.0"])));
+        assert!(!serves_only_p2(&exporting(&[
+            "wasi:http/incoming-handler@0.2.0",
+            "wasi:http/handler@0.3.0-rc-2025-09-16"
+        ])));
+        assert!(!serves_only_p2(&exporting(&[
+            "wasi:http/incoming-handler@0.3.0"
+        ])));
+        assert!(!serves_only_p2(&wat("(module)")));
+        assert!(!serves_only_p2(b"not wasm"));
+        let whole = exporting(&["wasi:http/incoming-handler@0.2.0"]);
+        assert!(!serves_only_p2(&whole[..whole.len() - 3]));
     }
 
     #[test]

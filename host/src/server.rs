@@ -250,7 +250,7 @@ impl AppServer {
             },
             gpio: self.gpio.clone(),
         };
-        let result = instance::invoke(self.runtime.engine(), call, request).await;
+        let result = instance::invoke(call, request).await;
         if overflow.load(Ordering::Relaxed) {
             tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
             span.end_http(413);

@@ -266,3 +266,129 @@ source = "{wasm}/alpha.wasm"
         "each request to /bad should fail wasmtime's type check:\n{log}"
     );
 }
+
+/// A WASI 0.2 handler in WebAssembly text: `handle` runs `body` (which gets
+/// the request and response-outparam handles as locals 0 and 1).
+fn p2_handler(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (import "wasi:http/types@0.2.0" (instance $types
+                (export "incoming-request" (type (sub resource)))
+                (export "response-outparam" (type (sub resource)))))
+            (alias export $types "incoming-request" (type $request))
+            (alias export $types "response-outparam" (type $out))
+            (core module $m (func (export "handle") (param i32 i32) {body}))
+            (core instance $i (instantiate $m))
+            (func $handle (param "request" (own $request)) (param "response-out" (own $out))
+                (canon lift (core func $i "handle")))
+            (instance $handler (export "handle" (func $handle)))
+            (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))"#
+    ))
+    .expect("component text")
+}
+
+/// WASI 0.2 components run on an engine without wasmtime's concurrency
+/// support, called directly rather than inside `run_concurrent`; 0.3 ones
+/// on the engine with it (`--one-engine` puts both on that one). The limits
+/// hold on the plain engine as on the other: a guest that loops gets a 504
+/// at its deadline, one that traps a 500, one whose client goes away frees
+/// its instance slot, and the host goes on serving both kinds.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasi_0_2_components_run_on_an_engine_without_concurrency_support() {
+    wasm("alpha");
+    wasm("beta");
+    let (dir, manifest) = write_manifest(
+        r#"spin_manifest_version = 2
+[application]
+name = "two-engines"
+[[trigger.http]]
+route = "/loop"
+component = "loop"
+[component.loop]
+source = "loop.wasm"
+[[trigger.http]]
+route = "/trap"
+component = "trap"
+[component.trap]
+source = "trap.wasm"
+[[trigger.http]]
+route = "/alpha"
+component = "alpha"
+[component.alpha]
+source = "{wasm}/alpha.wasm"
+[[trigger.http]]
+route = "/beta"
+component = "beta"
+[component.beta]
+source = "{wasm}/beta.wasm"
+"#,
+    );
+    std::fs::write(
+        dir.path().join("loop.wasm"),
+        p2_handler("(loop $l (br $l))"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("trap.wasm"), p2_handler("unreachable")).expect("write");
+
+    let engines = |r: Reply| -> Vec<(String, String)> {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let mut v: Vec<_> = r.json()["components"]
+            .as_array()
+            .expect("component list")
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap_or("").to_string(),
+                    c["engine"].to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut g = Gantry::start(&manifest, &["--request-timeout", "1s", "--pool-size", "1"]);
+    assert_eq!(
+        engines(get(&g.admin_url("/components")).await),
+        [
+            ("alpha".into(), "\"plain\"".into()),
+            ("beta".into(), "\"concurrent\"".into()),
+            ("loop".into(), "\"plain\"".into()),
+            ("trap".into(), "\"plain\"".into()),
+        ]
+    );
+    let t = Instant::now();
+    let r = get(&g.url("/loop")).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    let r = get(&g.url("/trap")).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    // The only instance slot is given back when a client stops waiting.
+    let gone = tokio::time::timeout(Duration::from_millis(300), get(&g.url("/loop"))).await;
+    assert!(gone.is_err(), "/loop should still be running");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let r = get(&g.url("/alpha")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["served_before"], 0);
+        let r = get(&g.url("/beta?delay_ms=1")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(g.is_running());
+    assert!(
+        g.stderr().contains("unreachable"),
+        "the trap is logged:\n{}",
+        g.stderr()
+    );
+    drop(g);
+
+    let g = Gantry::start(&manifest, &["--request-timeout", "1s", "--one-engine"]);
+    let all = engines(get(&g.admin_url("/components")).await);
+    assert!(all.iter().all(|(_, e)| e == "\"concurrent\""), "{all:?}");
+    assert_eq!(get(&g.url("/alpha")).await.status, 200);
+    assert_eq!(get(&g.url("/loop")).await.status, 504);
+    assert_eq!(get(&g.url("/trap")).await.status, 500);
+}

@@ -98,15 +98,21 @@ impl ComponentCaps {
     }
 }
 
-/// Registers every interface Gantry provides, for WASI 0.2 and 0.3 guests.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+/// Registers every interface Gantry provides: for WASI 0.2 and 0.3 guests
+/// on an engine with concurrency support (`concurrent`), else only what
+/// needs none (WASI 0.2 and Gantry's own synchronous interfaces).
+pub fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi::p3::add_to_linker(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)?;
-    variables::add_to_linker(linker, |s: &mut HostState| {
-        variables::ConfigView(&s.variables)
-    })?;
+    if concurrent {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
+    variables::add_to_linker(
+        linker,
+        |s: &mut HostState| variables::ConfigView(&s.variables),
+        concurrent,
+    )?;
     otel::add_to_linker(linker, HostState::otel)?;
     gpio::add_to_linker(linker, HostState::gpio)?;
     Ok(())

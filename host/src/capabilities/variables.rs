@@ -204,13 +204,18 @@ impl wasmtime::component::HasData for HasConfig {
     type Data<'a> = ConfigView<'a>;
 }
 
+/// `concurrent`: whether the linker's engine has concurrency support,
+/// which Spin's v3 interface (an async function) needs.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
     get: fn(&mut T) -> ConfigView<'_>,
+    concurrent: bool,
 ) -> wasmtime::Result<()> {
     store::add_to_linker::<T, HasConfig>(linker, get)?;
     spin_v2::add_to_linker::<T, HasConfig>(linker, get)?;
-    spin_v3::add_to_linker::<T, HasConfig>(linker, get)?;
+    if concurrent {
+        spin_v3::add_to_linker::<T, HasConfig>(linker, get)?;
+    }
     Ok(())
 }
 
