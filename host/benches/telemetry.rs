@@ -159,11 +159,11 @@ fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64)
     );
     let mut counts = [Vec::new(), Vec::new()];
     for _ in 0..2 {
-        for (i, (name, env)) in [("telemetry on ", on), ("telemetry off", off)]
+        for (i, (name, label, env)) in [("telemetry on ", "on", on), ("telemetry off", "off", off)]
             .into_iter()
             .enumerate()
         {
-            match instructions_per_request(manifest, env, requests) {
+            match instructions_per_request(manifest, label, env, requests) {
                 Ok(n) => {
                     println!("  {name} {n:>10.0}");
                     counts[i].push(n);
@@ -188,6 +188,7 @@ fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64)
 /// `requests` requests, waits for the export, dumps, and divides.
 fn instructions_per_request(
     manifest: &std::path::Path,
+    label: &str,
     env: &[(&str, &str)],
     requests: u64,
 ) -> Result<f64, String> {
@@ -234,6 +235,15 @@ fn instructions_per_request(
     // The dump is `cg.<pid>.1`; its `summary:` line is the total.
     let dump = std::fs::read_to_string(dir.path().join(format!("cg.{pid}.1")))
         .map_err(|e| format!("no callgrind dump: {e}"))?;
+    // `GANTRY_BENCH_KEEP_DUMPS=<folder>` keeps each dump there, for
+    // `callgrind_annotate` to say where the instructions went.
+    if let Some(keep) = std::env::var_os("GANTRY_BENCH_KEEP_DUMPS") {
+        let name = format!("cg.{label}.{pid}");
+        let to = std::path::Path::new(&keep).join(name);
+        if let Err(e) = std::fs::create_dir_all(&keep).and_then(|()| std::fs::write(&to, &dump)) {
+            println!("  cannot keep {}: {e}", to.display());
+        }
+    }
     let total: f64 = dump
         .lines()
         .find_map(|l| l.strip_prefix("summary:"))

@@ -1,7 +1,14 @@
-//! The wasmtime side: one `Engine` (pooling allocator when the address space
-//! allows it, epoch interruption, component-model async), the on-disk compile
-//! cache, the linker with every host interface a guest may import, and the
-//! loaded, pre-instantiated components.
+//! The wasmtime side: the engines (pooling allocator when the address space
+//! allows it, epoch interruption, async), the on-disk compile cache, the
+//! linker with every host interface a guest may import, and the loaded,
+//! pre-instantiated components.
+//!
+//! There are two engines where the design names one: the one WASI 0.3 needs
+//! (component-model async, concurrency support), and one without that
+//! support for components that serve WASI 0.2 alone. Concurrency support
+//! costs every instance of every component, 0.2 or not, about a quarter of
+//! its instantiation (see `base_config`), and a 0.2 component gains nothing
+//! from it. `--one-engine` keeps one.
 //!
 //! A loaded component is immutable; the live table holds each one behind an
 //! `ArcSwap`, the single point where a new version replaces an old one.
