@@ -159,11 +159,7 @@ source = "{wasm}/hello.wasm"
             slot.id,
             version.loaded.size / 1024,
             version.loaded.world,
-            if version.loaded.handler.on_concurrent_engine() {
-                "concurrent"
-            } else {
-                "plain"
-            },
+            gantry::runtime::engine_name(version.loaded.handler.on_concurrent_engine()),
             quantile(&inst, 0.5),
             quantile(&inst, 0.99),
             quantile(&store, 0.5),

@@ -262,7 +262,7 @@ fn components_json(swapper: &Swapper) -> serde_json::Value {
                 "wasi_http": v.loaded.world.to_string(),
                 // Which engine it runs on: `concurrent` (WASI 0.3 support)
                 // or `plain` (0.2 only, cheaper instances).
-                "engine": if v.loaded.handler.on_concurrent_engine() { "concurrent" } else { "plain" },
+                "engine": crate::runtime::engine_name(v.loaded.handler.on_concurrent_engine()),
                 "size": v.loaded.size,
                 "loaded_at": loaded_at,
                 "swaps": slot.swaps.load(Ordering::Relaxed),

@@ -467,6 +467,7 @@ impl EngineUnit {
                     (Ok(e), Some(slab)) => match slab.track(&before) {
                         Ok(tracker) => {
                             tracing::info!(
+                                engine = engine_name(concurrent),
                                 slots = slab.slots,
                                 protected_per_slot = slab.protect,
                                 "pool memory write tracking on (userfaultfd): only pages a guest wrote are reset"
@@ -475,7 +476,10 @@ impl EngineUnit {
                             Ok(e)
                         }
                         Err(why) => {
-                            tracing::info!("pool memory write tracking unavailable: {why}");
+                            tracing::info!(
+                                engine = engine_name(concurrent),
+                                "pool memory write tracking unavailable: {why}"
+                            );
                             drop(e);
                             pooled(exact)
                         }
@@ -517,6 +521,11 @@ impl EngineUnit {
             _write_tracking: write_tracking,
         })
     }
+}
+
+/// How logs and the admin listing name an engine.
+pub fn engine_name(concurrent: bool) -> &'static str {
+    if concurrent { "concurrent" } else { "plain" }
 }
 
 impl Runtime {

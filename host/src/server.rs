@@ -25,7 +25,7 @@ use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
-use crate::telemetry::trace::{ServerSpan, Tracing};
+use crate::telemetry::trace::{HexId, ServerSpan, Tracing};
 use opentelemetry::KeyValue;
 use tracing::Instrument as _;
 
@@ -214,7 +214,10 @@ impl AppServer {
         let span = self.tracing.server_span(&parent, name, attrs);
         self.tracing.inject(&span.cx, &mut parts.headers);
         // Every log line of this request carries its trace id.
-        tracing::Span::current().record("trace_id", tracing::field::display(span.trace_id()));
+        tracing::Span::current().record(
+            "trace_id",
+            tracing::field::display(HexId(span.trace_id().to_bytes())),
+        );
 
         let overflow = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {

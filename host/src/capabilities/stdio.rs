@@ -12,7 +12,7 @@ use opentelemetry::trace::SpanContext;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-use crate::telemetry::trace::Tracing;
+use crate::telemetry::trace::{HexId, Tracing};
 
 /// Longest line kept whole; longer output is split at this size.
 const MAX_LINE: usize = 16 * 1024;
@@ -56,8 +56,8 @@ impl LineWriter {
             target: "guest",
             component = %out.component,
             stream = out.stream,
-            trace_id = %out.span.trace_id(),
-            span_id = %out.span.span_id(),
+            trace_id = %HexId(out.span.trace_id().to_bytes()),
+            span_id = %HexId(out.span.span_id().to_bytes()),
             "{text}"
         );
         if let Some(logs) = &out.tracing.guest_logs {
