@@ -334,9 +334,13 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         let v = slot.current.load();
         let l = &v.loaded;
         println!(
-            "  {:<12} {}  {:>8} bytes  {}  {}",
+            "  {:<12} {:<33} {:>8} bytes  {}  {}",
             slot.id,
-            l.world,
+            format!(
+                "{} ({} engine)",
+                l.world,
+                runtime::engine_name(l.handler.on_concurrent_engine())
+            ),
             l.size,
             l.digest,
             if l.from_cache {

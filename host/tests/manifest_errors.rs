@@ -280,12 +280,20 @@ fn a_good_manifest_passes_check_and_reports_what_it_found() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Each component's WASI HTTP version, and the engine it would run on.
+    let line = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(
-        stdout.contains("alpha") && stdout.contains("wasi:http 0.2"),
+        line("alpha").contains("wasi:http 0.2 (plain engine)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("hello") && stdout.contains("wasi:http 0.3"),
+        line("hello").contains("wasi:http 0.3 (concurrent engine)"),
         "{stdout}"
     );
     assert!(stdout.contains("OK: 5 components, 5 routes"), "{stdout}");
