@@ -521,9 +521,7 @@ impl GuestCall {
             }
         }
     }
-}
 
-impl GuestCall {
     /// Runs a 0.2 call on an engine without concurrency support, until the
     /// guest's handler returns. As with `run`, the response head (or the
     /// error that stands for it) has been sent when this returns.

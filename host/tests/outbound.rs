@@ -71,3 +71,69 @@ async fn no_grant_means_no_outbound_at_all() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(upstream.connection_count(), 0);
 }
+
+/// A WASI 0.2 guest (`alpha`, on the engine without concurrency support)
+/// calls out through `wasi:http/outgoing-handler` 0.2: an allowed host is
+/// reached with the request's trace context injected, a denied one is an
+/// error inside the guest and opens no connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasi_0_2_guest_calls_out_with_the_trace_context() {
+    wasm("alpha");
+    let upstream = Upstream::start().await;
+    let (_dir, path) = write_manifest(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "outbound-0-2"
+[[trigger.http]]
+route = "/alpha"
+component = "alpha"
+[component.alpha]
+source = "{{wasm}}/alpha.wasm"
+allowed_outbound_hosts = ["http://127.0.0.1:{}"]
+"#,
+        upstream.addr.port()
+    ));
+    let g = Gantry::start(&path, &[]);
+    let components = get(&g.admin_url("/components")).await.json();
+    assert_eq!(
+        components["components"][0]["engine"], "plain",
+        "{components}"
+    );
+
+    let r = get(&g.url(&format!("/alpha?fetch={}/x", upstream.url()))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["fetched"]["status"], 200, "{j}");
+    assert_eq!(upstream.connection_count(), 1);
+    // The guest's own traceparent (its request's server span) and the one
+    // the upstream got share the trace id; the span ids differ (the
+    // upstream's parent is the client span).
+    let inner = j["headers"]["traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let outer = upstream
+        .last_headers
+        .lock()
+        .ok()
+        .and_then(|h| h.clone())
+        .and_then(|h| h.get("traceparent").cloned())
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let trace_id = |tp: &str| tp.split('-').nth(1).unwrap_or_default().to_string();
+    assert_eq!(inner.len(), 55, "guest saw {inner:?}");
+    assert_eq!(trace_id(&inner), trace_id(&outer), "{inner} -> {outer}");
+    assert_ne!(inner, outer);
+
+    // Another port of the same host is not granted.
+    let r = get(&g.url("/alpha?fetch=http://127.0.0.1:1/")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert!(
+        j["fetched"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HttpRequestDenied")),
+        "{j}"
+    );
+    assert_eq!(upstream.connection_count(), 1);
+}

@@ -1,13 +1,18 @@
 //! `alpha`: a fast JSON answer, written against WASI HTTP 0.2
 //! (`wasi:http/incoming-handler`) with the plain `wasip2` bindings, so the
-//! examples cover both WASI HTTP versions.
+//! examples cover both WASI HTTP versions. With `?fetch=http://host:port/path`
+//! it also calls that URL (`wasi:http/outgoing-handler`, so only where the
+//! manifest's `allowed_outbound_hosts` lets it) and reports the answer.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
+use wasip2::io::streams::StreamError;
 
 struct Alpha;
 
@@ -56,6 +61,51 @@ fn json_escape(s: &str) -> String {
     out
 }
 
+/// Calls `url` (plain `http://` only) and says how it went, as a JSON value:
+/// the status and the body's length, or the error.
+fn fetch(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return format!("{{\"error\":\"only http:// URLs: {}\"}}", json_escape(url));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    // Setting a scheme, an authority or a path only fails on a malformed
+    // value, which the host's answer below then reports.
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    let answer = outgoing_handler::handle(request, None).and_then(|pending| {
+        pending.subscribe().block();
+        match pending.get() {
+            Some(Ok(answer)) => answer,
+            _ => Err(wasip2::http::types::ErrorCode::InternalError(Some(
+                "no answer after the wait".into(),
+            ))),
+        }
+    });
+    let response = match answer {
+        Ok(r) => r,
+        Err(e) => return format!("{{\"error\":\"{}\"}}", json_escape(&format!("{e:?}"))),
+    };
+    let status = response.status();
+    let mut length = 0usize;
+    if let Ok(body) = response.consume()
+        && let Ok(stream) = body.stream()
+    {
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(bytes) => length += bytes.len(),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(_)) => break,
+            }
+        }
+    }
+    format!("{{\"status\":{status},\"length\":{length}}}")
+}
+
 impl Guest for Alpha {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         // Echo what the host told us about the request: the method, the path,
@@ -90,14 +140,20 @@ impl Guest for Alpha {
         let served_before = SERVED.fetch_add(1, Ordering::Relaxed);
         let seed = SEED.swap(0, Ordering::Relaxed);
         let grown_zero = grown_pages_are_zero();
+        let fetched = path
+            .split_once('?')
+            .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("fetch=")))
+            .map(|url| format!(",\"fetched\":{}", fetch(url)))
+            .unwrap_or_default();
         let body = format!(
-            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{},\"grown_zero\":{}}}\n",
+            "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{},\"grown_zero\":{}{}}}\n",
             json_escape(&method),
             json_escape(&path),
             spin.join(","),
             served_before,
             seed,
-            grown_zero
+            grown_zero,
+            fetched
         );
 
         let headers = Fields::new();
