@@ -127,6 +127,7 @@ fn main() {
     }
     let seconds = env_num("GANTRY_BENCH_SECONDS", 5);
     let rounds = env_num("GANTRY_BENCH_ROUNDS", 3);
+    let warmup = env_num("GANTRY_BENCH_WARMUP", 1);
     let concurrencies: Vec<u64> = std::env::var("GANTRY_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,50".into())
         .split(',')
@@ -234,7 +235,7 @@ source = "{}"
     let mut summary = Vec::new();
     for &c in &concurrencies {
         for s in &subjects {
-            hey(&s.url, 1, c); // warm-up: pools, caches, connections
+            hey(&s.url, warmup, c); // warm-up: pools, caches, connections
         }
         println!(
             "\nc={c}\n{:<22} {:>5} {:>10} {:>9} {:>9} {:>7} {:>14} {:>12}",

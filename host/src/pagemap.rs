@@ -319,34 +319,132 @@ impl WriteTracker {
     }
 }
 
-/// Start addresses of the inaccessible anonymous reservations of exactly
-/// `len` bytes in this process (`/proc/self/maps`): how the memory pool's
-/// slab is found right after the engine reserves it.
-pub fn reservations(len: usize) -> Vec<usize> {
+/// One line of `/proc/self/maps`: its range, and whether it is an
+/// inaccessible anonymous reservation (`---p`, no file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: usize,
+    pub end: usize,
+    pub reserved: bool,
+}
+
+/// This process's mappings, in address order (`/proc/self/maps`).
+pub fn mappings() -> Vec<Mapping> {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return Vec::new();
     };
+    parse_maps(&maps)
+}
+
+fn parse_maps(maps: &str) -> Vec<Mapping> {
     maps.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let (range, perms, _offset, _dev, inode) =
                 (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            if perms != "---p" || inode != "0" || f.next().is_some() {
-                return None;
-            }
             let (a, b) = range.split_once('-')?;
-            let (a, b) = (
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-            );
-            (b.checked_sub(a)? == len).then_some(a)
+            Some(Mapping {
+                start: usize::from_str_radix(a, 16).ok()?,
+                end: usize::from_str_radix(b, 16).ok()?,
+                reserved: perms == "---p" && inode == "0" && f.next().is_none(),
+            })
         })
         .collect()
+}
+
+/// Start addresses of the inaccessible anonymous reservations of exactly
+/// `len` bytes that are new since `before` was read: how the memory pool's
+/// slab is found right after the engine reserves it.
+///
+/// The kernel joins a new reservation to an adjacent one with the same
+/// flags into one line of the maps (another engine's slab, a thread stack's
+/// guard, an allocator's reserve), so a reservation is not looked for as a
+/// line of its own: each reserved range now is cut down to the parts no
+/// mapping covered before, and those of exactly `len` bytes are new
+/// reservations.
+pub fn new_reservations(before: &[Mapping], now: &[Mapping], len: usize) -> Vec<usize> {
+    let mut found = Vec::new();
+    for m in now.iter().filter(|m| m.reserved) {
+        // The parts of `m` that no mapping of `before` touched.
+        let mut at = m.start;
+        let mut old: Vec<&Mapping> = before
+            .iter()
+            .filter(|b| b.start < m.end && b.end > m.start)
+            .collect();
+        old.sort_by_key(|b| b.start);
+        let mut gaps = Vec::new();
+        for b in old {
+            if b.start > at {
+                gaps.push((at, b.start));
+            }
+            at = at.max(b.end);
+        }
+        if at < m.end {
+            gaps.push((at, m.end));
+        }
+        found.extend(
+            gaps.into_iter()
+                .filter(|(a, b)| b - a == len)
+                .map(|(a, _)| a),
+        );
+    }
+    found
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new reservation is found alone, joined to an old one on either
+    /// side, or between two; one of another size, or one that was there
+    /// before, is not.
+    #[test]
+    fn new_reservations_are_found_where_the_kernel_joined_them() {
+        let line =
+            |a: usize, b: usize, perms: &str| format!("{a:x}-{b:x} {perms} 00000000 00:00 0 \n");
+        let before = parse_maps(
+            &[
+                line(0x1000, 0x2000, "r--p"),
+                line(0x10000, 0x20000, "---p"),
+                line(0x40000, 0x41000, "rw-p"),
+            ]
+            .concat(),
+        );
+        let len = 0x8000;
+        // Joined below an old reservation.
+        let now = parse_maps(
+            &[
+                line(0x1000, 0x2000, "r--p"),
+                line(0x8000, 0x20000, "---p"),
+                line(0x40000, 0x41000, "rw-p"),
+            ]
+            .concat(),
+        );
+        assert_eq!(new_reservations(&before, &now, len), vec![0x8000]);
+        // Alone, and one of another size beside it.
+        let now = parse_maps(
+            &[
+                line(0x1000, 0x2000, "r--p"),
+                line(0x10000, 0x20000, "---p"),
+                line(0x20000, 0x28000, "---p"),
+                line(0x30000, 0x34000, "---p"),
+                line(0x40000, 0x41000, "rw-p"),
+            ]
+            .concat(),
+        );
+        assert_eq!(new_reservations(&before, &now, len), vec![0x20000]);
+        // Between an old reservation and a new stack guard: too long.
+        let now = parse_maps(&[line(0x10000, 0x29000, "---p")].concat());
+        assert!(new_reservations(&before, &now, len).is_empty());
+        // Nothing new; a file mapping of that size is no reservation.
+        assert!(new_reservations(&before, &before, 0x10000).is_empty());
+        let file = parse_maps("50000-58000 ---p 00000000 08:01 1234 /lib/x.so\n");
+        assert!(new_reservations(&before, &file, len).is_empty());
+        // The process's own maps parse, and nothing is new against itself.
+        let own = mappings();
+        assert!(!own.is_empty());
+        assert!(new_reservations(&own, &own, len).is_empty());
+    }
 
     #[test]
     fn the_probe_answers_and_agrees_with_itself() {

@@ -452,10 +452,11 @@ impl EngineUnit {
                 let _one = BUILDING
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let before = slab
-                    .as_ref()
-                    .map(|s| crate::pagemap::reservations(s.total))
-                    .unwrap_or_default();
+                let before = if slab.is_some() {
+                    crate::pagemap::mappings()
+                } else {
+                    Vec::new()
+                };
                 let pooled = |scan: bool| {
                     let mut wcfg = base_config(config, concurrent);
                     wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
@@ -865,18 +866,20 @@ impl MemorySlab {
         })
     }
 
-    /// Finds the reservation the engine just made (the one mapping of
-    /// exactly this size that `before` did not list), registers it and
+    /// Finds the reservation the engine just made (the one reserved range
+    /// of exactly this size that no mapping in `before` covered, joined to
+    /// a neighbour or not: `new_reservations`), registers it and
     /// write-protects the kept part of every slot. Nothing has been
     /// instantiated yet, so every page protected still holds zeros: the
-    /// reservation is still one inaccessible mapping (`reservations`), and
-    /// engines are built one at a time (`Runtime::new`). Anything else found
-    /// (none, or more than one) leaves the pool untracked.
-    fn track(&self, before: &[usize]) -> Result<crate::pagemap::WriteTracker, String> {
-        let new: Vec<usize> = crate::pagemap::reservations(self.total)
-            .into_iter()
-            .filter(|a| !before.contains(a))
-            .collect();
+    /// reservation is still inaccessible, and engines are built one at a
+    /// time (`BUILDING`). Anything else found (none, or more than one)
+    /// leaves the pool untracked.
+    fn track(
+        &self,
+        before: &[crate::pagemap::Mapping],
+    ) -> Result<crate::pagemap::WriteTracker, String> {
+        let now = crate::pagemap::mappings();
+        let new = crate::pagemap::new_reservations(before, &now, self.total);
         let [start] = new[..] else {
             return Err(format!(
                 "{} new reservations of {} bytes, expected exactly one",

@@ -26,7 +26,6 @@ use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
 use crate::telemetry::trace::{HexId, ServerSpan, Tracing};
-use opentelemetry::KeyValue;
 use tracing::Instrument as _;
 
 /// Limits applied to every request.
@@ -178,40 +177,34 @@ impl AppServer {
         let parent = self.tracing.extract(&parts.headers);
         let route = &*m.entry.raw;
         let method = parts.method.as_str();
+        let mut name = String::with_capacity(method.len() + 1 + route.len());
+        name.push_str(method);
+        name.push(' ');
+        name.push_str(route);
+        let mut span = self.tracing.server_span(&parent, name);
         // Attributes only matter to a span that leaves the process.
-        let attrs = if self.tracing.exporting {
-            let mut attrs = Vec::with_capacity(12);
-            attrs.extend([
-                KeyValue::new("http.request.method", method_value(&parts.method)),
-                KeyValue::new("http.route", m.entry.raw.clone()),
-                KeyValue::new("url.path", path.clone()),
-                KeyValue::new("url.scheme", "http"),
-                KeyValue::new("client.address", client.ip.clone()),
-                KeyValue::new("client.port", i64::from(client.addr.port())),
-                KeyValue::new("server.address", host.clone()),
-                KeyValue::new("network.protocol.version", protocol_version(parts.version)),
-                KeyValue::new("gantry.component.id", component.clone()),
-                KeyValue::new("gantry.component.digest", version.loaded.digest.clone()),
-            ]);
+        if let Some(a) = span.attributes() {
+            a.str("http.request.method", method);
+            a.str("http.route", route);
+            a.str("url.path", &path);
+            a.str("url.scheme", "http");
+            a.str("client.address", &client.ip);
+            a.int("client.port", i64::from(client.addr.port()));
+            a.str("server.address", &host);
+            a.str("network.protocol.version", protocol_version(parts.version));
+            a.str("gantry.component.id", &component);
+            a.str("gantry.component.digest", &version.loaded.digest);
             if let Some(q) = parts.uri.query() {
-                attrs.push(KeyValue::new("url.query", q.to_string()));
+                a.str("url.query", q);
             }
             if let Some(ua) = parts
                 .headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
             {
-                attrs.push(KeyValue::new("user_agent.original", ua.to_string()));
+                a.str("user_agent.original", ua);
             }
-            attrs
-        } else {
-            Vec::new()
-        };
-        let mut name = String::with_capacity(method.len() + 1 + route.len());
-        name.push_str(method);
-        name.push(' ');
-        name.push_str(route);
-        let span = self.tracing.server_span(&parent, name, attrs);
+        }
         self.tracing.inject(&span.cx, &mut parts.headers);
         // Every log line of this request carries its trace id.
         tracing::Span::current().record(
@@ -371,24 +364,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// `http.request.method`: the standard methods without a copy.
-fn method_value(m: &http::Method) -> opentelemetry::StringValue {
-    use http::Method;
-    let known: &'static str = match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => return m.as_str().to_string().into(),
-    };
-    known.into()
 }
 
 fn protocol_version(v: http::Version) -> &'static str {

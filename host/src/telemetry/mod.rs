@@ -26,6 +26,7 @@ pub mod logs;
 pub mod metrics;
 pub mod otlp_metrics;
 pub mod otlp_traces;
+pub mod span_queue;
 pub mod trace;
 
 /// An exporter for unit tests that keeps every span it is given.

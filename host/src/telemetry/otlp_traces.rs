@@ -186,29 +186,43 @@ impl Pb {
         }
     }
 
-    /// A `KeyValue`. For a scalar value (every attribute the host sets) both
-    /// lengths are known before anything is written, so the attribute is
-    /// written front to back in at most four appends: its head (tag, length,
-    /// the key's tag and length), the key, the value's head (with a number
-    /// or boolean in it), and a string value's bytes. Arrays go behind
+    /// A `KeyValue`: scalars by [`Pb::scalar_attribute`], arrays behind
     /// placeholders.
     fn attribute(&mut self, field: u32, k: &Key, v: &Value) {
-        let key = k.as_str().as_bytes();
-        let (value_len, text): (usize, &[u8]) = match v {
-            Value::String(s) => {
-                let n = s.as_str().len();
-                (1 + varint_len(n as u64) + n, s.as_str().as_bytes())
-            }
-            Value::Bool(_) => (2, &[]),
-            Value::I64(i) => (1 + varint_len(*i as u64), &[]),
-            Value::F64(_) => (9, &[]),
+        let scalar = match v {
+            Value::String(s) => Scalar::Str(s.as_str()),
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::I64(i) => Scalar::I64(*i),
+            Value::F64(f) => Scalar::F64(*f),
             _ => {
+                let key = k.as_str().as_bytes();
                 self.message(field, |pb| {
                     pb.bytes(1, key);
                     pb.message(2, |pb| pb.any_value(v));
                 });
                 return;
             }
+        };
+        self.scalar_attribute(field, k.as_str(), scalar);
+    }
+
+    /// `kv` as a span's attribute (field 9).
+    pub fn attribute_field(&mut self, kv: &opentelemetry::KeyValue) {
+        self.attribute(9, &kv.key, &kv.value);
+    }
+
+    /// A `KeyValue` with a scalar value (every attribute the host sets).
+    /// Both lengths are known before anything is written, so the attribute
+    /// is written front to back in at most four appends: its head (tag,
+    /// length, the key's tag and length), the key, the value's head (with a
+    /// number or boolean in it), and a string value's bytes.
+    pub fn scalar_attribute(&mut self, field: u32, key: &str, v: Scalar<'_>) {
+        let key = key.as_bytes();
+        let (value_len, text): (usize, &[u8]) = match v {
+            Scalar::Str(s) => (1 + varint_len(s.len() as u64) + s.len(), s.as_bytes()),
+            Scalar::Bool(_) => (2, &[]),
+            Scalar::I64(i) => (1 + varint_len(i as u64), &[]),
+            Scalar::F64(_) => (9, &[]),
         };
         let key_len = if key.is_empty() {
             0
@@ -241,15 +255,15 @@ impl Pb {
         }
         self.buf.extend_from_slice(key);
         match v {
-            Value::String(_) if value_len < 0x80 => self.buf.extend_from_slice(&[
+            Scalar::Str(_) if value_len < 0x80 => self.buf.extend_from_slice(&[
                 tag8(2, LEN),
                 value_len as u8,
                 tag8(1, LEN),
                 text.len() as u8,
             ]),
-            Value::Bool(b) => {
+            Scalar::Bool(b) => {
                 self.buf
-                    .extend_from_slice(&[tag8(2, LEN), 2, tag8(2, VARINT), u8::from(*b)]);
+                    .extend_from_slice(&[tag8(2, LEN), 2, tag8(2, VARINT), u8::from(b)]);
             }
             _ => {
                 // At most 1 + 10 + 1 + 10 bytes.
@@ -257,11 +271,11 @@ impl Pb {
                 head.key(2, LEN);
                 head.varint(value_len as u64);
                 match v {
-                    Value::I64(i) => {
+                    Scalar::I64(i) => {
                         head.key(3, VARINT);
-                        head.varint(*i as u64);
+                        head.varint(i as u64);
                     }
-                    Value::F64(f) => {
+                    Scalar::F64(f) => {
                         head.key(4, FIXED64);
                         head.fixed64(f.to_bits());
                     }
@@ -284,6 +298,15 @@ impl Pb {
         self.buf.extend_from_slice(&head.bytes);
         self.buf.truncate(at + head.len);
     }
+}
+
+/// An attribute's value when it is not an array.
+#[derive(Clone, Copy, Debug)]
+pub enum Scalar<'a> {
+    Str(&'a str),
+    Bool(bool),
+    I64(i64),
+    F64(f64),
 }
 
 /// Tags, lengths and small values of one field, gathered on the stack so
@@ -373,20 +396,54 @@ fn ids(pb: &mut Pb, sc: &SpanContext) {
     pb.bytes(3, state.as_bytes());
 }
 
-/// One `Span` message (fields of opentelemetry/proto/trace/v1/trace.proto).
-fn span(pb: &mut Pb, s: &SpanData) {
-    ids(pb, &s.span_context);
-    if s.parent_span_id != SpanId::INVALID {
-        pb.bytes(4, &s.parent_span_id.to_bytes());
+/// Fields 1 to 8 of a `Span` (opentelemetry/proto/trace/v1/trace.proto):
+/// ids, tracestate, parent, name, kind, start and end.
+fn span_head(
+    pb: &mut Pb,
+    sc: &SpanContext,
+    parent: SpanId,
+    name: &str,
+    kind: &SpanKind,
+    times: (SystemTime, SystemTime),
+) {
+    ids(pb, sc);
+    if parent != SpanId::INVALID {
+        pb.bytes(4, &parent.to_bytes());
     }
-    pb.bytes(5, s.name.as_bytes());
+    pb.bytes(5, name.as_bytes());
     // Kind, start and end: 2 + 9 + 9 bytes.
     let mut head = Head::default();
     head.key(6, VARINT);
-    head.byte(kind_code(&s.span_kind));
-    head.fixed64_field(7, unix_nanos(s.start_time));
-    head.fixed64_field(8, unix_nanos(s.end_time));
+    head.byte(kind_code(kind));
+    head.fixed64_field(7, unix_nanos(times.0));
+    head.fixed64_field(8, unix_nanos(times.1));
     pb.head(&head);
+}
+
+/// Fields 15 and 16 of a `Span`: status and flags.
+fn span_tail(pb: &mut Pb, status: &Status, sc: &SpanContext, parent_is_remote: bool) {
+    match status {
+        // Present though empty, as the SDK's conversion writes it.
+        Status::Unset => pb.message(15, |_| {}),
+        Status::Ok => pb.message(15, |pb| pb.uint(3, 1)),
+        Status::Error { description } => pb.message(15, |pb| {
+            pb.bytes(2, description.as_bytes());
+            pb.uint(3, 2);
+        }),
+    }
+    pb.fixed32(16, span_flags(sc.trace_flags().to_u8(), parent_is_remote));
+}
+
+/// One `Span` message from the SDK's record of it.
+fn span(pb: &mut Pb, s: &SpanData) {
+    span_head(
+        pb,
+        &s.span_context,
+        s.parent_span_id,
+        &s.name,
+        &s.span_kind,
+        (s.start_time, s.end_time),
+    );
     for kv in &s.attributes {
         pb.attribute(9, &kv.key, &kv.value);
     }
@@ -419,22 +476,41 @@ fn span(pb: &mut Pb, s: &SpanData) {
         });
     }
     pb.uint(14, u64::from(s.links.dropped_count));
-    match &s.status {
-        // Present though empty, as the SDK's conversion writes it.
-        Status::Unset => pb.message(15, |_| {}),
-        Status::Ok => pb.message(15, |pb| pb.uint(3, 1)),
-        Status::Error { description } => pb.message(15, |pb| {
-            pb.bytes(2, description.as_bytes());
-            pb.uint(3, 2);
-        }),
-    }
-    pb.fixed32(
-        16,
-        span_flags(
-            s.span_context.trace_flags().to_u8(),
-            s.parent_span_is_remote,
-        ),
-    );
+    span_tail(pb, &s.status, &s.span_context, s.parent_span_is_remote);
+}
+
+/// A span the host recorded itself, without events or links, whose
+/// attributes are already written as `Span` field 9 (by
+/// [`Pb::scalar_attribute`] or [`Pb::attribute_field`]).
+pub struct RecordedSpan<'a> {
+    pub context: &'a SpanContext,
+    pub parent_span_id: SpanId,
+    pub parent_is_remote: bool,
+    pub kind: SpanKind,
+    pub name: &'a str,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: &'a [u8],
+    pub dropped_attributes: u32,
+    pub status: &'a Status,
+}
+
+/// Appends `s` as one entry of `ScopeSpans.spans` (field 2): the same
+/// bytes [`encode_request`] writes for the `SpanData` with these fields.
+pub fn write_recorded(pb: &mut Pb, s: &RecordedSpan<'_>) {
+    pb.message_in(2, 2, |pb| {
+        span_head(
+            pb,
+            s.context,
+            s.parent_span_id,
+            s.name,
+            &s.kind,
+            (s.start, s.end),
+        );
+        pb.buf.extend_from_slice(s.attributes);
+        pb.uint(10, u64::from(s.dropped_attributes));
+        span_tail(pb, s.status, s.context, s.parent_is_remote);
+    });
 }
 
 fn scope(pb: &mut Pb, scope: &InstrumentationScope) {
@@ -465,6 +541,27 @@ fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
     (a.attributes().next().is_none() && b.attributes().next().is_none()) || a == b
 }
 
+/// The `ResourceSpans` of an `ExportTraceServiceRequest`, around what
+/// `body` writes (its `ScopeSpans`).
+fn request(pb: &mut Pb, resource: &[u8], resource_schema: &str, body: impl FnOnce(&mut Pb)) {
+    // A batch of hundreds of spans needs three bytes for its length (up to
+    // 2 MiB), a span with its attributes two.
+    pb.message_in(1, 3, |pb| {
+        pb.message(1, |pb| pb.buf.extend_from_slice(resource));
+        body(pb);
+        pb.bytes(3, resource_schema.as_bytes());
+    });
+}
+
+/// One `ScopeSpans` of `sc`, with the spans `body` writes.
+fn scope_spans(pb: &mut Pb, sc: &InstrumentationScope, body: impl FnOnce(&mut Pb)) {
+    pb.message_in(2, 3, |pb| {
+        pb.message(1, |pb| scope(pb, sc));
+        body(pb);
+        pb.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
+    });
+}
+
 /// An `ExportTraceServiceRequest` for `batch`: one `ResourceSpans`, one
 /// `ScopeSpans` per instrumentation scope, in order of first appearance.
 pub fn encode_request(
@@ -493,20 +590,33 @@ pub fn encode_request(
     let mut pb = Pb {
         buf: std::mem::take(out),
     };
-    // A batch of hundreds of spans needs three bytes for its length (up to
-    // 2 MiB), a span with its attributes two.
-    pb.message_in(1, 3, |pb| {
-        pb.message(1, |pb| pb.buf.extend_from_slice(resource));
+    request(&mut pb, resource, resource_schema, |pb| {
         for (i, sc) in scopes.iter().enumerate() {
-            pb.message_in(2, 3, |pb| {
-                pb.message(1, |pb| scope(pb, sc));
+            scope_spans(pb, sc, |pb| {
                 for (s, _) in batch.iter().zip(&scope_of).filter(|(_, of)| **of == i) {
                     pb.message_in(2, 2, |pb| span(pb, s));
                 }
-                pb.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
             });
         }
-        pb.bytes(3, resource_schema.as_bytes());
+    });
+    *out = pb.buf;
+}
+
+/// An `ExportTraceServiceRequest` of one scope, whose spans are already
+/// written ([`write_recorded`]) in `spans`.
+pub fn encode_scope_request(
+    resource: &[u8],
+    resource_schema: &str,
+    sc: &InstrumentationScope,
+    spans: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let mut pb = Pb {
+        buf: std::mem::take(out),
+    };
+    pb.buf.reserve(spans.len() + resource.len() + 64);
+    request(&mut pb, resource, resource_schema, |pb| {
+        scope_spans(pb, sc, |pb| pb.buf.extend_from_slice(spans));
     });
     *out = pb.buf;
 }
@@ -597,14 +707,10 @@ impl HttpSpanExporter {
     }
 }
 
-impl SpanExporter for HttpSpanExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut body = Vec::with_capacity(self.size_hint.load(Ordering::Relaxed));
-        encode_request(&self.resource, &self.resource_schema, &batch, &mut body);
-        self.size_hint.store(body.len(), Ordering::Relaxed);
+impl HttpSpanExporter {
+    /// Posts one encoded request; the first failure after a success is
+    /// logged, and so is the recovery.
+    pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
         match self.post(body) {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -616,9 +722,21 @@ impl SpanExporter for HttpSpanExporter {
                 if !self.failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(url = %self.url, error = %e, "trace export failed; spans are dropped and counted until it recovers");
                 }
-                Err(OTelSdkError::InternalFailure(e))
+                Err(e)
             }
         }
+    }
+}
+
+impl SpanExporter for HttpSpanExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(self.size_hint.load(Ordering::Relaxed));
+        encode_request(&self.resource, &self.resource_schema, &batch, &mut body);
+        self.size_hint.store(body.len(), Ordering::Relaxed);
+        self.send(body).map_err(OTelSdkError::InternalFailure)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -746,6 +864,96 @@ mod tests {
         // fields, in field order, with proto3 defaults left out.
         assert_eq!(body, reference.encode_to_vec());
         assert_eq!(ours.resource_spans[0].scope_spans.len(), 2);
+    }
+
+    /// A span written where it ended ([`write_recorded`], attributes by
+    /// [`Pb::scalar_attribute`]) is byte for byte the `SpanData` with the
+    /// same fields through [`encode_request`], and so what the SDK's
+    /// conversion produces.
+    #[test]
+    fn recorded_spans_encode_as_their_span_data() {
+        let resource = Resource::builder().with_service_name("otlp-test").build();
+        let scope = InstrumentationScope::builder("gantry").build();
+        let state = TraceState::from_key_value([("vendor", "abc")]).unwrap_or_default();
+        let sc = SpanContext::new(
+            TraceId::from(0x0af7651916cd43dd8448eb211c80319c_u128),
+            SpanId::from(0xb7ad6b7169203331_u64),
+            TraceFlags::SAMPLED,
+            false,
+            state,
+        );
+        let long = "x".repeat(300);
+        let values: Vec<(&str, Scalar<'_>)> = vec![
+            ("http.request.method", Scalar::Str("GET")),
+            ("url.path", Scalar::Str(&long)),
+            ("", Scalar::Str("no key")),
+            ("client.port", Scalar::I64(51234)),
+            ("negative", Scalar::I64(-3)),
+            ("ratio", Scalar::F64(0.25)),
+            ("flag", Scalar::Bool(true)),
+            ("empty", Scalar::Str("")),
+        ];
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let end = start + Duration::from_micros(250);
+        for (parent, remote, status) in [
+            (SpanId::from(0x00f067aa0ba902b7_u64), true, Status::Unset),
+            (SpanId::INVALID, false, Status::error("HTTP 500")),
+            (SpanId::from(1_u64), false, Status::Ok),
+        ] {
+            let mut attrs = Pb::default();
+            for (k, v) in &values {
+                attrs.scalar_attribute(9, k, *v);
+            }
+            let mut spans = Pb::default();
+            write_recorded(
+                &mut spans,
+                &RecordedSpan {
+                    context: &sc,
+                    parent_span_id: parent,
+                    parent_is_remote: remote,
+                    kind: SpanKind::Server,
+                    name: "GET /x",
+                    start,
+                    end,
+                    attributes: &attrs.buf,
+                    dropped_attributes: 3,
+                    status: &status,
+                },
+            );
+            let mut ours = Vec::new();
+            encode_scope_request(&resource_body(&resource), "", &scope, &spans.buf, &mut ours);
+            let data = SpanData {
+                span_context: sc.clone(),
+                parent_span_id: parent,
+                parent_span_is_remote: remote,
+                span_kind: SpanKind::Server,
+                name: "GET /x".into(),
+                start_time: start,
+                end_time: end,
+                attributes: values
+                    .iter()
+                    .map(|(k, v)| {
+                        let k = k.to_string();
+                        match *v {
+                            Scalar::Str(s) => KeyValue::new(k, s.to_string()),
+                            Scalar::Bool(b) => KeyValue::new(k, b),
+                            Scalar::I64(i) => KeyValue::new(k, i),
+                            Scalar::F64(f) => KeyValue::new(k, f),
+                        }
+                    })
+                    .collect(),
+                dropped_attributes_count: 3,
+                events: Default::default(),
+                links: Default::default(),
+                status,
+                instrumentation_scope: scope.clone(),
+            };
+            let mut theirs = Vec::new();
+            encode_request(&resource_body(&resource), "", &[data], &mut theirs);
+            assert_eq!(ours, theirs);
+            ExportTraceServiceRequest::decode(ours.as_slice())
+                .unwrap_or_else(|e| panic!("does not decode: {e}"));
+        }
     }
 
     #[test]

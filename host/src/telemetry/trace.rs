@@ -9,11 +9,14 @@
 //! counted in `gantry_telemetry_dropped_total{signal="traces"}`.
 //!
 //! The server span, one per request, is recorded by the host itself
-//! ([`ServerSpan`]) and handed to that same queue when it ends. The SDK's
-//! `Span` behind a `Context` costs a shared, locked span, a sampler call
-//! through the tracer, a span processor round and a copy into `SpanData`
-//! for every request; a span that one task owns from start to end needs
-//! none of that. Client spans and guest spans stay the SDK's.
+//! ([`ServerSpan`]). The SDK's `Span` behind a `Context` costs a shared,
+//! locked span, a sampler call through the tracer, a span processor round
+//! and a copy into `SpanData` for every request; a span that one task owns
+//! from start to end needs none of that. With the host's own `http/protobuf`
+//! exporter (the default) its attributes are written as protobuf when they
+//! are set and the span is written into the export queue's buffer when it
+//! ends ([`super::span_queue`]); otherwise it is handed to the SDK's queue
+//! as `SpanData`. Client spans and guest spans stay the SDK's.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -35,6 +38,9 @@ use opentelemetry_sdk::trace::{
     SdkTracerProvider, ShouldSample, SpanData, SpanEvents, SpanExporter, SpanLinks, SpanProcessor,
 };
 
+use super::otlp_traces::{Pb, RecordedSpan, Scalar, write_recorded};
+use super::span_queue::SpanQueue;
+
 /// The process's tracer and propagator.
 pub struct Tracing {
     provider: SdkTracerProvider,
@@ -53,10 +59,15 @@ pub struct Tracing {
     sink: Option<Arc<Sink>>,
 }
 
-/// The export queue and the scope server spans are reported under.
-struct Sink {
-    queue: Arc<BatchSpanProcessor>,
-    scope: InstrumentationScope,
+/// Where ended server spans go.
+enum Sink {
+    /// The SDK's queue, as `SpanData` of the `gantry` scope.
+    Sdk {
+        queue: Arc<BatchSpanProcessor>,
+        scope: InstrumentationScope,
+    },
+    /// The host's queue of encoded spans.
+    Encoded(Arc<SpanQueue>),
 }
 
 /// The batch queue, shared between the SDK's provider (client and guest
@@ -120,7 +131,21 @@ impl Tracing {
         let dropped = metrics.dropped_spans.clone();
         let res = resource();
         let exporting = otlp_configured("TRACES");
+        let mut encoded = None;
         let queue = if exporting && super::otlp_traces::applies() {
+            // Server spans have their own queue and connection; client and
+            // guest spans go through the SDK's.
+            let server = super::otlp_traces::HttpSpanExporter::from_env(&res)?;
+            encoded = Some(SpanQueue::start(
+                super::span_queue::Limits::from_env(),
+                dropped.clone(),
+                super::span_queue::Export {
+                    resource: super::otlp_traces::resource_body(&res),
+                    resource_schema: res.schema_url().unwrap_or_default().to_string(),
+                    scope: gantry_scope(),
+                    post: Box::new(move |body| server.send(body)),
+                },
+            )?);
             let exporter = CountingExporter {
                 inner: super::otlp_traces::HttpSpanExporter::from_env(&res)?,
                 dropped,
@@ -138,7 +163,7 @@ impl Tracing {
         } else {
             None
         };
-        let mut tracing = Tracing::build(res, queue.map(Arc::new));
+        let mut tracing = Tracing::build(res, queue.map(Arc::new), encoded);
         tracing.exporting = exporting;
         tracing.guest_logs =
             super::logs::GuestLogs::init(metrics.telemetry_dropped.with(&["logs"]))?;
@@ -147,10 +172,16 @@ impl Tracing {
 
     /// Tracing that exports nothing (for `gantry check` and tests).
     pub fn disabled() -> Tracing {
-        Tracing::build(resource(), None)
+        Tracing::build(resource(), None, None)
     }
 
-    fn build(res: opentelemetry_sdk::Resource, queue: Option<Arc<BatchSpanProcessor>>) -> Tracing {
+    /// Server spans go to `encoded` when it is given, else to `queue`, which
+    /// client and guest spans go to.
+    fn build(
+        res: opentelemetry_sdk::Resource,
+        queue: Option<Arc<BatchSpanProcessor>>,
+        encoded: Option<Arc<SpanQueue>>,
+    ) -> Tracing {
         // Sampler and limits as the SDK reads them from the environment;
         // the provider is given the same sampler, so that server spans and
         // the SDK's spans decide alike.
@@ -178,12 +209,14 @@ impl Tracing {
             sampler,
             max_attributes: config.span_limits.max_attributes_per_span as usize,
             ids: RandomIdGenerator::default(),
-            sink: queue.map(|queue| {
-                Arc::new(Sink {
+            sink: match (encoded, queue) {
+                (Some(q), _) => Some(Arc::new(Sink::Encoded(q))),
+                (None, Some(queue)) => Some(Arc::new(Sink::Sdk {
                     queue,
                     scope: gantry_scope(),
-                })
-            }),
+                })),
+                (None, None) => None,
+            },
         }
     }
 
@@ -227,8 +260,14 @@ impl Tracing {
 
     /// Starts the server span of one request, child of the caller's context:
     /// the caller's trace (or a new one), a new span id, the sampler's
-    /// decision. `attrs` are only kept when the span is exported.
-    pub fn server_span(&self, parent: &Context, name: String, attrs: Vec<KeyValue>) -> ServerSpan {
+    /// decision. Its attributes are set through [`ServerSpan::attributes`]
+    /// when it is recorded.
+    ///
+    /// The sampler is not shown the attributes, which are set after its
+    /// decision: the samplers `OTEL_TRACES_SAMPLER` can name (`always_on`,
+    /// `always_off`, `traceidratio` and their `parentbased_` forms) decide
+    /// by the parent and the trace id alone.
+    pub fn server_span(&self, parent: &Context, name: String) -> ServerSpan {
         let parent_span = parent.span();
         let psc = parent_span.span_context();
         let has_parent = parent.has_active_span() && psc.is_valid();
@@ -238,24 +277,30 @@ impl Tracing {
             self.ids.new_trace_id()
         };
         let span_id = self.ids.new_span_id();
-        let decision = self.sampler.should_sample(
-            Some(parent),
-            trace_id,
-            &name,
-            &SpanKind::Server,
-            &attrs,
-            &[],
-        );
+        let decision =
+            self.sampler
+                .should_sample(Some(parent), trace_id, &name, &SpanKind::Server, &[], &[]);
         let flags = psc
             .trace_flags()
             .with_sampled(decision.decision == SamplingDecision::RecordAndSample);
         let sc = SpanContext::new(trace_id, span_id, flags, false, decision.trace_state);
         let record = match (&self.sink, decision.decision) {
             (Some(sink), SamplingDecision::RecordOnly | SamplingDecision::RecordAndSample) => {
-                let mut attributes = attrs;
-                attributes.extend(decision.attributes);
-                let dropped = attributes.len().saturating_sub(self.max_attributes);
-                attributes.truncate(self.max_attributes);
+                let store = match **sink {
+                    Sink::Sdk { .. } => Store::Values(Vec::with_capacity(14)),
+                    Sink::Encoded(_) => Store::Encoded(Pb {
+                        buf: Vec::with_capacity(768),
+                    }),
+                };
+                let mut attributes = SpanAttributes {
+                    store,
+                    count: 0,
+                    dropped: 0,
+                    max: self.max_attributes,
+                };
+                for kv in decision.attributes {
+                    attributes.value(kv);
+                }
                 Some(Recording {
                     sink: sink.clone(),
                     parent_span_id: if has_parent {
@@ -267,8 +312,6 @@ impl Tracing {
                     name,
                     start: SystemTime::now(),
                     attributes,
-                    dropped: u32::try_from(dropped).unwrap_or(u32::MAX),
-                    max_attributes: self.max_attributes,
                 })
             }
             _ => None,
@@ -292,6 +335,11 @@ impl Tracing {
 
     /// Flushes and stops export (bounded by the SDK's own timeouts).
     pub fn shutdown(&self) {
+        if let Some(sink) = &self.sink
+            && let Sink::Encoded(queue) = &**sink
+        {
+            queue.shutdown(std::time::Duration::from_secs(5));
+        }
         let _ = self.provider.force_flush();
         let _ = self.provider.shutdown();
         if let Some(logs) = &self.guest_logs {
@@ -317,17 +365,72 @@ struct Recording {
     parent_is_remote: bool,
     name: String,
     start: SystemTime,
-    attributes: Vec<KeyValue>,
-    dropped: u32,
-    max_attributes: usize,
+    attributes: SpanAttributes,
 }
 
-impl Recording {
-    fn set(&mut self, kv: KeyValue) {
-        if self.attributes.len() < self.max_attributes {
-            self.attributes.push(kv);
+/// A recorded server span's attributes, within the span limit
+/// (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`); those past it are counted.
+pub struct SpanAttributes {
+    store: Store,
+    count: usize,
+    dropped: u32,
+    max: usize,
+}
+
+enum Store {
+    /// For the SDK's queue.
+    Values(Vec<KeyValue>),
+    /// `Span` field 9, one entry per attribute, for the host's queue.
+    Encoded(Pb),
+}
+
+impl SpanAttributes {
+    /// Room for one more, or the drop counted.
+    fn room(&mut self) -> bool {
+        if self.count < self.max {
+            self.count += 1;
+            true
         } else {
             self.dropped = self.dropped.saturating_add(1);
+            false
+        }
+    }
+
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        if self.room() {
+            match &mut self.store {
+                Store::Values(v) => v.push(KeyValue::new(key, value.to_string())),
+                Store::Encoded(pb) => pb.scalar_attribute(9, key, Scalar::Str(value)),
+            }
+        }
+    }
+
+    /// A string the caller has no further use for (kept as it is for the
+    /// SDK's queue).
+    pub fn string(&mut self, key: &'static str, value: String) {
+        if self.room() {
+            match &mut self.store {
+                Store::Values(v) => v.push(KeyValue::new(key, value)),
+                Store::Encoded(pb) => pb.scalar_attribute(9, key, Scalar::Str(&value)),
+            }
+        }
+    }
+
+    pub fn int(&mut self, key: &'static str, value: i64) {
+        if self.room() {
+            match &mut self.store {
+                Store::Values(v) => v.push(KeyValue::new(key, value)),
+                Store::Encoded(pb) => pb.scalar_attribute(9, key, Scalar::I64(value)),
+            }
+        }
+    }
+
+    fn value(&mut self, kv: KeyValue) {
+        if self.room() {
+            match &mut self.store {
+                Store::Values(v) => v.push(kv),
+                Store::Encoded(pb) => pb.attribute_field(&kv),
+            }
         }
     }
 }
@@ -341,14 +444,18 @@ impl ServerSpan {
         self.cx.span().span_context().is_sampled()
     }
 
+    /// Where the span's attributes are set: `None` when it is not recorded
+    /// (not exported, or not sampled), so that nothing is made for it.
+    pub fn attributes(&mut self) -> Option<&mut SpanAttributes> {
+        self.record.as_mut().map(|r| &mut r.attributes)
+    }
+
     /// Ends the span with the response's status: an error on 5xx (semconv
     /// for server spans).
     pub fn end_http(mut self, status: u16) {
         if let Some(mut r) = self.record.take() {
-            r.set(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
+            r.attributes
+                .int("http.response.status_code", i64::from(status));
             let st = if status >= 500 {
                 Status::error(format!("HTTP {status}"))
             } else {
@@ -362,11 +469,9 @@ impl ServerSpan {
     /// failure and its message.
     pub fn end_failed(mut self, status: u16, error_type: &'static str, message: String) {
         if let Some(mut r) = self.record.take() {
-            r.set(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            r.set(KeyValue::new("error.type", error_type));
+            r.attributes
+                .int("http.response.status_code", i64::from(status));
+            r.attributes.str("error.type", error_type);
             self.export(r, Status::error(message));
         }
     }
@@ -379,24 +484,46 @@ impl ServerSpan {
             name,
             start,
             attributes,
-            dropped,
-            ..
         } = r;
-        sink.queue.on_end(SpanData {
-            span_context: self.cx.span().span_context().clone(),
-            parent_span_id,
-            parent_span_is_remote: parent_is_remote,
-            span_kind: SpanKind::Server,
-            name: Cow::Owned(name),
-            start_time: start,
-            end_time: SystemTime::now(),
-            attributes,
-            dropped_attributes_count: dropped,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: sink.scope.clone(),
-        });
+        let span = self.cx.span();
+        let context = span.span_context();
+        let end = SystemTime::now();
+        match (&*sink, attributes.store) {
+            (Sink::Encoded(queue), Store::Encoded(attrs)) => queue.push(|pb| {
+                write_recorded(
+                    pb,
+                    &RecordedSpan {
+                        context,
+                        parent_span_id,
+                        parent_is_remote,
+                        kind: SpanKind::Server,
+                        name: &name,
+                        start,
+                        end,
+                        attributes: &attrs.buf,
+                        dropped_attributes: attributes.dropped,
+                        status: &status,
+                    },
+                )
+            }),
+            (Sink::Sdk { queue, scope }, Store::Values(values)) => queue.on_end(SpanData {
+                span_context: context.clone(),
+                parent_span_id,
+                parent_span_is_remote: parent_is_remote,
+                span_kind: SpanKind::Server,
+                name: Cow::Owned(name),
+                start_time: start,
+                end_time: end,
+                attributes: values,
+                dropped_attributes_count: attributes.dropped,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status,
+                instrumentation_scope: scope.clone(),
+            }),
+            // Each sink is given the store it takes (`server_span`).
+            _ => {}
+        }
     }
 }
 
@@ -583,98 +710,207 @@ mod tests {
         assert!(h.get(TRACEPARENT).is_none() && h.get(TRACESTATE).is_none());
     }
 
-    /// Server spans as the SDK's tracer would have recorded them: the
-    /// caller's trace and parent, a remote parent marked so, attributes in
-    /// order within the span limit, an error status, the `gantry` scope
-    /// the SDK's client spans have; one dropped unended is exported too.
-    #[test]
-    fn server_spans_are_exported_as_the_sdk_would_record_them() {
+    /// A tracing whose spans are kept: server spans in the host's encoded
+    /// queue (`encoded`) or in the SDK's, client spans in the SDK's.
+    struct Rig {
+        t: Tracing,
+        keep: crate::telemetry::KeepSpans,
+        bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    fn rig(encoded: bool) -> Rig {
         let keep = crate::telemetry::KeepSpans::default();
         let queue = BatchSpanProcessor::builder(keep.clone()).build();
-        let mut t = Tracing::build(resource(), Some(Arc::new(queue)));
-        let state = TraceState::from_key_value([("vendor", "abc")]).unwrap_or_default();
-        let parent = context(TraceFlags::SAMPLED, state.clone())
-            .with_baggage([KeyValue::new("tenant", "t1")]);
-        let caller = parent.span().span_context().clone();
+        let bodies: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sent = bodies.clone();
+        let res = resource();
+        let own = encoded.then(|| {
+            SpanQueue::start(
+                super::super::span_queue::Limits {
+                    max_queue: 2048,
+                    max_batch: 512,
+                    delay: std::time::Duration::from_secs(3600),
+                },
+                Arc::default(),
+                super::super::span_queue::Export {
+                    resource: super::super::otlp_traces::resource_body(&res),
+                    resource_schema: String::new(),
+                    scope: gantry_scope(),
+                    post: Box::new(move |body| {
+                        if let Ok(mut b) = sent.lock() {
+                            b.push(body);
+                        }
+                        Ok(())
+                    }),
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        });
+        Rig {
+            t: Tracing::build(res, Some(Arc::new(queue)), own),
+            keep,
+            bodies,
+        }
+    }
 
-        let span = t.server_span(
-            &parent,
-            "GET /x".into(),
-            vec![KeyValue::new("http.route", "/x")],
-        );
-        let sc = span.cx.span().span_context().clone();
-        assert_eq!(sc.trace_id(), caller.trace_id());
-        assert_ne!(sc.span_id(), caller.span_id());
-        assert!(sc.is_sampled() && !sc.is_remote());
-        assert_eq!(sc.trace_state(), &state);
-        assert_eq!(span.cx.baggage().len(), 1, "the caller's baggage is kept");
-        // The SDK's client span under it: a local parent.
-        let client = t.client_span(&span.cx, "GET".into(), vec![]);
-        end_client_span(&client, 200);
-        span.end_failed(504, "timeout", "timed out".into());
+    /// Everything exported after shutdown, as the collector reads it: the
+    /// encoded queue's bodies, and the SDK's spans through the same
+    /// encoder; each span with its scope's name.
+    fn exported(rig: &Rig) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        rig.t.shutdown();
+        let mut bodies = rig.bodies.lock().map(|b| b.clone()).unwrap_or_default();
+        let kept = rig.keep.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut body = Vec::new();
+        super::super::otlp_traces::encode_request(&[], "", &kept, &mut body);
+        bodies.push(body);
+        let mut out = Vec::new();
+        for body in bodies {
+            let req = ExportTraceServiceRequest::decode(&body[..])
+                .unwrap_or_else(|e| panic!("undecodable body: {e}"));
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                    out.extend(ss.spans.into_iter().map(|s| (scope.clone(), s)));
+                }
+            }
+        }
+        out
+    }
 
-        // A root span, dropped before it ended; at most two attributes.
-        t.max_attributes = 2;
-        let root = t.server_span(
-            &Context::new(),
-            "GET /y".into(),
-            vec![KeyValue::new("a", 1_i64), KeyValue::new("b", 2_i64)],
-        );
-        let root_sc = root.cx.span().span_context().clone();
-        drop(root);
-        t.shutdown();
-
-        let spans = keep.0.lock().map(|v| v.clone()).unwrap_or_default();
-        assert_eq!(spans.len(), 3, "{spans:#?}");
-        let by_id = |id: SpanId| spans.iter().find(|s| s.span_context.span_id() == id);
-        let server = by_id(sc.span_id()).unwrap_or_else(|| panic!("no server span"));
-        assert_eq!(server.span_kind, SpanKind::Server);
-        assert_eq!(server.name, "GET /x");
-        assert_eq!(server.parent_span_id, caller.span_id());
-        assert!(server.parent_span_is_remote);
-        assert_eq!(
-            server.attributes,
-            vec![
-                KeyValue::new("http.route", "/x"),
-                KeyValue::new("http.response.status_code", 504_i64),
-                KeyValue::new("error.type", "timeout"),
-            ]
-        );
-        assert_eq!(server.status, Status::error("timed out"));
-        assert!(server.start_time <= server.end_time);
-        let client = spans
+    /// A span's attributes as text.
+    fn attrs(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Vec<(String, String)> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        s.attributes
             .iter()
-            .find(|s| s.span_kind == SpanKind::Client)
-            .unwrap_or_else(|| panic!("no client span"));
-        assert_eq!(client.parent_span_id, sc.span_id());
-        assert!(!client.parent_span_is_remote);
-        assert_eq!(client.instrumentation_scope, server.instrumentation_scope);
+            .map(|kv| {
+                let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(V::StringValue(s)) => s.clone(),
+                    Some(V::IntValue(i)) => i.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (kv.key.clone(), v)
+            })
+            .collect()
+    }
 
-        let root = by_id(root_sc.span_id()).unwrap_or_else(|| panic!("no root span"));
-        assert!(root_sc.is_valid() && root_sc.trace_id() != caller.trace_id());
-        assert_eq!(root.parent_span_id, SpanId::INVALID);
-        assert!(!root.parent_span_is_remote);
-        assert_eq!(root.status, Status::Unset);
-        assert_eq!(root.attributes.len(), 2);
-        assert_eq!(root.dropped_attributes_count, 0);
+    /// Server spans as the SDK's tracer would have recorded them, through
+    /// either queue: the caller's trace and parent, a remote parent marked
+    /// so, attributes in order within the span limit, an error status, the
+    /// `gantry` scope the SDK's client spans have; one dropped unended is
+    /// exported too.
+    #[test]
+    fn server_spans_are_exported_as_the_sdk_would_record_them() {
+        for encoded in [false, true] {
+            let mut rig = rig(encoded);
+            let state = TraceState::from_key_value([("vendor", "abc")]).unwrap_or_default();
+            let parent = context(TraceFlags::SAMPLED, state.clone())
+                .with_baggage([KeyValue::new("tenant", "t1")]);
+            let caller = parent.span().span_context().clone();
+
+            let mut span = rig.t.server_span(&parent, "GET /x".into());
+            if let Some(a) = span.attributes() {
+                a.str("http.route", "/x");
+            }
+            let sc = span.cx.span().span_context().clone();
+            assert_eq!(sc.trace_id(), caller.trace_id());
+            assert_ne!(sc.span_id(), caller.span_id());
+            assert!(sc.is_sampled() && !sc.is_remote());
+            assert_eq!(sc.trace_state(), &state);
+            assert_eq!(span.cx.baggage().len(), 1, "the caller's baggage is kept");
+            // The SDK's client span under it: a local parent.
+            let client = rig.t.client_span(&span.cx, "GET".into(), vec![]);
+            end_client_span(&client, 200);
+            span.end_failed(504, "timeout", "timed out".into());
+
+            // A root span, dropped before it ended; at most two attributes.
+            rig.t.max_attributes = 2;
+            let mut root = rig.t.server_span(&Context::new(), "GET /y".into());
+            if let Some(a) = root.attributes() {
+                a.int("a", 1);
+                a.int("b", 2);
+            }
+            let root_sc = root.cx.span().span_context().clone();
+            drop(root);
+
+            let spans = exported(&rig);
+            assert_eq!(spans.len(), 3, "{spans:#?}");
+            let by_id = |id: SpanId| {
+                spans
+                    .iter()
+                    .find(|(_, s)| s.span_id == id.to_bytes())
+                    .unwrap_or_else(|| panic!("no span {id} (encoded: {encoded})"))
+            };
+            let (scope, server) = by_id(sc.span_id());
+            assert_eq!(scope, "gantry");
+            assert_eq!(server.kind, 2, "server");
+            assert_eq!(server.name, "GET /x");
+            assert_eq!(server.trace_id, caller.trace_id().to_bytes());
+            assert_eq!(server.parent_span_id, caller.span_id().to_bytes());
+            assert_eq!(server.trace_state, "vendor=abc");
+            assert_eq!(server.flags, 0x301, "sampled, the parent remote");
+            let text = |k: &str, v: &str| (k.to_string(), v.to_string());
+            assert_eq!(
+                attrs(server),
+                vec![
+                    text("http.route", "/x"),
+                    text("http.response.status_code", "504"),
+                    text("error.type", "timeout"),
+                ]
+            );
+            let status = server.status.clone().unwrap_or_default();
+            assert_eq!((status.code, status.message.as_str()), (2, "timed out"));
+            assert!(0 < server.start_time_unix_nano);
+            assert!(server.start_time_unix_nano <= server.end_time_unix_nano);
+            let (client_scope, client) = spans
+                .iter()
+                .find(|(_, s)| s.kind == 3)
+                .unwrap_or_else(|| panic!("no client span"));
+            assert_eq!(client.parent_span_id, sc.span_id().to_bytes());
+            assert_eq!(client.flags, 0x101, "a local parent");
+            assert_eq!(client_scope, scope);
+
+            let (_, root) = by_id(root_sc.span_id());
+            assert!(root_sc.is_valid() && root_sc.trace_id() != caller.trace_id());
+            assert!(root.parent_span_id.is_empty());
+            assert_eq!(root.flags, 0x101);
+            assert_eq!(root.status.clone().unwrap_or_default().code, 0);
+            assert_eq!(attrs(root), vec![text("a", "1"), text("b", "2")]);
+            assert_eq!(root.dropped_attributes_count, 0);
+        }
     }
 
     #[test]
     fn attributes_past_the_limit_are_counted_not_kept() {
-        let keep = crate::telemetry::KeepSpans::default();
-        let queue = BatchSpanProcessor::builder(keep.clone()).build();
-        let mut t = Tracing::build(resource(), Some(Arc::new(queue)));
-        t.max_attributes = 2;
-        let attrs = (0..3_i64).map(|i| KeyValue::new("n", i)).collect();
-        t.server_span(&Context::new(), "GET /z".into(), attrs)
-            .end_http(503);
-        t.shutdown();
-        let spans = keep.0.lock().map(|v| v.clone()).unwrap_or_default();
-        assert_eq!(spans.len(), 1);
-        // One given at the start and the status code at the end are dropped.
-        assert_eq!(spans[0].attributes.len(), 2);
-        assert_eq!(spans[0].dropped_attributes_count, 2);
-        assert_eq!(spans[0].status, Status::error("HTTP 503"));
+        for encoded in [false, true] {
+            let mut rig = rig(encoded);
+            rig.t.max_attributes = 2;
+            let mut span = rig.t.server_span(&Context::new(), "GET /z".into());
+            if let Some(a) = span.attributes() {
+                a.int("n", 0);
+                a.str("s", "one");
+                a.string("t", "two".into());
+            }
+            span.end_http(503);
+            let spans = exported(&rig);
+            assert_eq!(spans.len(), 1);
+            let s = &spans[0].1;
+            // One given at the start and the status code at the end are dropped.
+            assert_eq!(attrs(s).len(), 2, "{s:?}");
+            assert_eq!(s.dropped_attributes_count, 2);
+            let status = s.status.clone().unwrap_or_default();
+            assert_eq!((status.code, status.message.as_str()), (2, "HTTP 503"));
+        }
+    }
+
+    /// Without an exporter no attributes are made at all.
+    #[test]
+    fn an_unexported_span_takes_no_attributes() {
+        let t = Tracing::disabled();
+        let mut span = t.server_span(&Context::new(), "GET /".into());
+        assert!(span.attributes().is_none());
+        assert!(span.cx.span().span_context().is_valid());
     }
 
     #[test]
