@@ -15,8 +15,10 @@
 //! `cargo bench -p gantry --bench compare` with `GANTRY_WASMTIME` naming a
 //! `wasmtime` binary.
 //!
-//! `GANTRY_BENCH_SECONDS` (default 5), `GANTRY_BENCH_ROUNDS` (default 3) and
-//! `GANTRY_BENCH_CONCURRENCY` (default "1,50") set the length.
+//! `GANTRY_BENCH_SECONDS` (default 5), `GANTRY_BENCH_ROUNDS` (default 3),
+//! `GANTRY_BENCH_WARMUP` (seconds of load per server before the rounds of
+//! each concurrency, default 1) and `GANTRY_BENCH_CONCURRENCY` (default
+//! "1,50") set the length.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

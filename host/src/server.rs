@@ -125,7 +125,8 @@ impl AppServer {
         client: &Peer,
         local: SocketAddr,
     ) -> Response<WasiBody> {
-        // Shared with the span's `url.path`, so exporting copies nothing.
+        // For the span's `url.path` and the error log, after the request has
+        // gone to the guest.
         let path: Arc<str> = Arc::from(req.uri().path());
         let component = component.clone();
 

@@ -46,8 +46,6 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TextMapCompositePropagator,
-    /// Whether spans leave the process (an OTLP endpoint is configured).
-    pub exporting: bool,
     /// Guest stdout/stderr as OTLP logs, when logs are exported.
     pub guest_logs: Option<super::logs::GuestLogs>,
     /// The sampler and span limits the SDK's tracer uses too, from the
@@ -164,7 +162,6 @@ impl Tracing {
             None
         };
         let mut tracing = Tracing::build(res, queue.map(Arc::new), encoded);
-        tracing.exporting = exporting;
         tracing.guest_logs =
             super::logs::GuestLogs::init(metrics.telemetry_dropped.with(&["logs"]))?;
         Ok(tracing)
@@ -204,7 +201,6 @@ impl Tracing {
                 Box::new(TraceContextPropagator::new()),
                 Box::new(BaggagePropagator::new()),
             ]),
-            exporting: false,
             guest_logs: None,
             sampler,
             max_attributes: config.span_limits.max_attributes_per_span as usize,
