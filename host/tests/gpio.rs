@@ -337,7 +337,7 @@ async fn a_timeout_or_a_vanished_client_mid_drive_stops_the_motors() {
     .await;
     assert_eq!(r.status, 504);
     assert!(t.elapsed() < Duration::from_secs(3));
-    assert_all_safe(&gpio_view(&g).await, "linus");
+    wait_all_safe(&g, "linus").await;
 
     // A client that goes away mid-drive takes its instance, and the drive, with it.
     let g = Gantry::start(&root_manifest(), &[]);
@@ -351,16 +351,36 @@ async fn a_timeout_or_a_vanished_client_mid_drive_stops_the_motors() {
     )
     .await;
     assert!(gone.is_err(), "the drive should still have been running");
+    wait_all_safe(&g, "torvald").await;
+}
+
+/// Waits (up to 3 s) until every motor and eye of `robot` is off: the pins
+/// return to safe one after another.
+async fn wait_all_safe(g: &Gantry, robot: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let view = gpio_view(&g).await;
-        if pin(&view, "torvald-left-motor-forward")["duty"] == 0.0 {
-            assert_all_safe(&view, "torvald");
-            break;
+        let view = gpio_view(g).await;
+        if all_safe(&view, robot) {
+            assert_all_safe(&view, robot);
+            return;
         }
-        assert!(Instant::now() < deadline, "motors still running: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "{robot}: motors still running: {view}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether every motor and eye of `robot` is off.
+fn all_safe(view: &Value, robot: &str) -> bool {
+    MOTORS
+        .iter()
+        .all(|m| pin(view, &format!("{robot}-{m}"))["duty"] == 0.0)
+        && MOTORS
+            .iter()
+            .chain(&["left-eye", "right-eye"])
+            .all(|p| pin(view, &format!("{robot}-{p}"))["level"] == "low")
 }
 
 #[tokio::test(flavor = "multi_thread")]
