@@ -16,8 +16,8 @@
 //! compare benchmark; `alpha` does far more work per request) under callgrind, which counts the
 //! instructions the whole process executes (every thread: the request path,
 //! the export threads, the HTTP client's) for `GANTRY_BENCH_INSTRUCTIONS`
-//! requests (default 2,000, one at a time, after 300 of warm-up; 0 skips
-//! it). Unlike req/s on a shared machine, that count repeats to within a
+//! requests (default 2,048, rounded up to whole export batches of 512; one
+//! at a time, after 512 of warm-up; 0 skips it). Unlike req/s on a shared machine, that count repeats to within a
 //! fraction of a percent, so it shows what telemetry costs the host even
 //! where the timings' noise is larger than the effect.
 
@@ -120,7 +120,7 @@ fn main() {
     drop(on);
     drop(off);
 
-    let requests = env_num("GANTRY_BENCH_INSTRUCTIONS", 2000);
+    let requests = env_num("GANTRY_BENCH_INSTRUCTIONS", 2048);
     if requests > 0 {
         let (_dir, plain) = write_manifest(&format!(
             "spin_manifest_version = 2\n[application]\nname = \"plain\"\n\
@@ -145,16 +145,22 @@ fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64)
     // The periodic metric export runs once per interval whatever the load;
     // under callgrind, 50 times slower, it would be charged to far fewer
     // requests than in real time, so it is left at its default (60 s).
-    // Spans leave within 0.5 s, so the window ends with all of them sent.
+    // For the same reason the span queue's delay is long: under load every
+    // export carries a full batch (512 spans), but at callgrind's pace a
+    // short delay would post every few dozen spans. The warm-up and the
+    // count are whole batches, so every post in the window is a full batch
+    // and the last one leaves before the dump.
     let on: &[(&str, &str)] = &[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_TRACES_SAMPLER", "always_on"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
     ];
+    let requests = requests.div_ceil(BATCH).max(1) * BATCH;
     let off: &[(&str, &str)] = &[("OTEL_SDK_DISABLED", "true")];
     println!(
-        "\ninstructions per request (callgrind; plain; {requests} requests one at a time after 300 of warm-up; \
+        "\ninstructions per request (callgrind; plain; {requests} requests one at a time after {BATCH} of warm-up; \
          the whole process, every thread), each configuration twice:"
     );
     let mut counts = [Vec::new(), Vec::new()];
@@ -183,6 +189,9 @@ fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64)
         );
     }
 }
+
+/// The span export batch the instruction count is aligned to.
+const BATCH: u64 = 512;
 
 /// Runs gantry under callgrind, warms it up, zeroes the counters, sends
 /// `requests` requests, waits for the export, dumps, and divides.
@@ -226,7 +235,7 @@ fn instructions_per_request(
             Err(format!("callgrind_control {what} failed"))
         }
     };
-    send(300)?;
+    send(BATCH)?;
     std::thread::sleep(std::time::Duration::from_secs(1));
     control("-z")?;
     send(requests)?;

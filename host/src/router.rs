@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::KeyValue;
+
+use crate::telemetry::trace::FixedAttributes;
 
 /// One routable entry.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct RouteEntry {
     /// The route's own `spin-*` header values, made once when the table is
     /// built rather than on every request (routes are validated ASCII).
     route_headers: Option<RouteHeaders>,
+    /// Its server spans' `http.route` and `url.scheme`.
+    pub span_attributes: FixedAttributes,
 }
 
 #[derive(Debug, Clone)]
@@ -179,8 +184,13 @@ impl Router {
                 }),
                 _ => None,
             };
+            let raw: Arc<str> = Arc::from(raw);
             router.entries.push(RouteEntry {
-                raw: Arc::from(raw),
+                span_attributes: FixedAttributes::new(vec![
+                    KeyValue::new("http.route", raw.clone()),
+                    KeyValue::new("url.scheme", "http"),
+                ]),
+                raw,
                 based,
                 component: Arc::from(component),
                 component_index: index,

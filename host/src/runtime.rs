@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -29,6 +30,7 @@ use crate::capabilities::ComponentCaps;
 use crate::instance::HostState;
 use crate::manifest::{App, Location};
 use crate::router::Router;
+use crate::telemetry::trace::FixedAttributes;
 
 /// How often the epoch advances; the granularity of timeouts and of the
 /// yields that keep one busy guest from starving the others.
@@ -376,6 +378,8 @@ pub struct LoadedComponent {
     pub source: PathBuf,
     /// `sha256:<hex>` of the `.wasm` bytes (shared: every span carries it).
     pub digest: Arc<str>,
+    /// Its server spans' `gantry.component.id` and `gantry.component.digest`.
+    pub span_attributes: FixedAttributes,
     pub size: u64,
     pub world: HttpWorld,
     pub handler: HandlerPre,
@@ -633,10 +637,16 @@ impl Runtime {
             None => self.link(&self.full, bytes, &digest, path)?,
         };
         let (handler, from_cache) = linked;
+        let id: Arc<str> = Arc::from(id);
+        let digest: Arc<str> = digest.into();
         Ok(LoadedComponent {
-            id: Arc::from(id),
+            span_attributes: FixedAttributes::new(vec![
+                KeyValue::new("gantry.component.id", id.clone()),
+                KeyValue::new("gantry.component.digest", digest.clone()),
+            ]),
+            id,
             source: path_buf,
-            digest: digest.into(),
+            digest,
             size: bytes.len() as u64,
             world: handler.world,
             handler,

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use opentelemetry::KeyValue;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
@@ -25,6 +26,7 @@ use crate::instance::{self, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
+use crate::telemetry::trace::FixedAttributes;
 use crate::telemetry::trace::{HexId, ServerSpan, Tracing};
 use tracing::Instrument as _;
 
@@ -186,15 +188,15 @@ impl AppServer {
         // Attributes only matter to a span that leaves the process.
         if let Some(a) = span.attributes() {
             a.str("http.request.method", method);
-            a.str("http.route", route);
+            // `http.route`, `url.scheme`.
+            a.fixed(&m.entry.span_attributes);
             a.str("url.path", &path);
-            a.str("url.scheme", "http");
-            a.str("client.address", &client.ip);
-            a.int("client.port", i64::from(client.addr.port()));
+            // `client.address`, `client.port`.
+            a.fixed(client.span_attributes());
             a.str("server.address", &host);
             a.str("network.protocol.version", protocol_version(parts.version));
-            a.str("gantry.component.id", &component);
-            a.str("gantry.component.digest", &version.loaded.digest);
+            // `gantry.component.id`, `gantry.component.digest`.
+            a.fixed(&version.loaded.span_attributes);
             if let Some(q) = parts.uri.query() {
                 a.str("url.query", q);
             }
@@ -306,12 +308,13 @@ impl AppServer {
 }
 
 /// The client of one connection, written out once for all the requests it
-/// sends: as `spin-client-addr` carries it and as the span's
-/// `client.address`.
+/// sends: as `spin-client-addr` carries it and as its server spans'
+/// `client.address` and `client.port`.
 pub struct Peer {
     addr: SocketAddr,
     header: HeaderValue,
-    ip: Arc<str>,
+    /// Made at the first recorded span.
+    attributes: std::sync::OnceLock<FixedAttributes>,
 }
 
 impl Peer {
@@ -321,8 +324,17 @@ impl Peer {
             // Digits, dots, colons and brackets: always a valid value.
             header: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
-            ip: Arc::from(addr.ip().to_string()),
+            attributes: std::sync::OnceLock::new(),
         }
+    }
+
+    fn span_attributes(&self) -> &FixedAttributes {
+        self.attributes.get_or_init(|| {
+            FixedAttributes::new(vec![
+                KeyValue::new("client.address", self.addr.ip().to_string()),
+                KeyValue::new("client.port", i64::from(self.addr.port())),
+            ])
+        })
     }
 }
 

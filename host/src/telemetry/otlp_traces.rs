@@ -602,23 +602,81 @@ pub fn encode_request(
     *out = pb.buf;
 }
 
-/// An `ExportTraceServiceRequest` of one scope, whose spans are already
-/// written ([`write_recorded`]) in `spans`.
-pub fn encode_scope_request(
-    resource: &[u8],
-    resource_schema: &str,
-    sc: &InstrumentationScope,
-    spans: &[u8],
-    out: &mut Vec<u8>,
-) {
-    let mut pb = Pb {
-        buf: std::mem::take(out),
-    };
-    pb.buf.reserve(spans.len() + resource.len() + 64);
-    request(&mut pb, resource, resource_schema, |pb| {
-        scope_spans(pb, sc, |pb| pb.buf.extend_from_slice(spans));
-    });
-    *out = pb.buf;
+/// What surrounds the spans of an `ExportTraceServiceRequest` of one
+/// resource and one scope, made once: a request is [`ScopeFrame::head`],
+/// the spans as [`write_recorded`] wrote them, and [`ScopeFrame::tail`].
+/// Since the head is known once the spans' length is, the export queue
+/// writes it into room it left before the spans, and posts the batch where
+/// the spans were written.
+pub struct ScopeFrame {
+    /// `ResourceSpans.resource`, tag and length included.
+    resource: Vec<u8>,
+    /// `ScopeSpans.scope`, tag and length included.
+    scope: Vec<u8>,
+    /// `ScopeSpans.schema_url`, then `ResourceSpans.schema_url` (each
+    /// left out when empty).
+    tail: Vec<u8>,
+    /// How much of `tail` belongs to the `ScopeSpans`.
+    scope_tail: usize,
+}
+
+impl ScopeFrame {
+    pub fn new(resource: &[u8], resource_schema: &str, sc: &InstrumentationScope) -> ScopeFrame {
+        let mut r = Pb::default();
+        r.message(1, |pb| pb.buf.extend_from_slice(resource));
+        let mut s = Pb::default();
+        s.message(1, |pb| scope(pb, sc));
+        let mut t = Pb::default();
+        t.bytes(3, sc.schema_url().unwrap_or_default().as_bytes());
+        let scope_tail = t.buf.len();
+        t.bytes(3, resource_schema.as_bytes());
+        ScopeFrame {
+            resource: r.buf,
+            scope: s.buf,
+            tail: t.buf,
+            scope_tail,
+        }
+    }
+
+    /// The longest head there can be: two tags and two lengths of up to
+    /// ten bytes each around the resource and the scope.
+    pub fn max_head(&self) -> usize {
+        2 * (1 + 10) + self.resource.len() + self.scope.len()
+    }
+
+    /// Appends to `out` the head of a request whose spans take `spans`
+    /// bytes.
+    pub fn head(&self, spans: usize, out: &mut Vec<u8>) {
+        let scope_spans = self.scope.len() + spans + self.scope_tail;
+        let resource_spans = self.resource.len()
+            + 1
+            + varint_len(scope_spans as u64)
+            + scope_spans
+            + (self.tail.len() - self.scope_tail);
+        let mut pb = Pb {
+            buf: std::mem::take(out),
+        };
+        pb.key(1, LEN);
+        pb.varint(resource_spans as u64);
+        pb.buf.extend_from_slice(&self.resource);
+        pb.key(2, LEN);
+        pb.varint(scope_spans as u64);
+        pb.buf.extend_from_slice(&self.scope);
+        *out = pb.buf;
+    }
+
+    /// What follows the spans.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail
+    }
+
+    /// A whole request for `spans`, appended to `out`.
+    pub fn encode(&self, spans: &[u8], out: &mut Vec<u8>) {
+        out.reserve(self.max_head() + spans.len() + self.tail.len());
+        self.head(spans.len(), out);
+        out.extend_from_slice(spans);
+        out.extend_from_slice(&self.tail);
+    }
 }
 
 /// Is the trace export `http/protobuf` without compression, the case this
@@ -681,7 +739,7 @@ impl HttpSpanExporter {
         })
     }
 
-    fn post(&self, body: Vec<u8>) -> Result<(), String> {
+    fn post(&self, body: bytes::Bytes) -> Result<(), String> {
         let client = self
             .client
             .get_or_init(|| {
@@ -710,7 +768,7 @@ impl HttpSpanExporter {
 impl HttpSpanExporter {
     /// Posts one encoded request; the first failure after a success is
     /// logged, and so is the recovery.
-    pub fn send(&self, body: Vec<u8>) -> Result<(), String> {
+    pub fn send(&self, body: bytes::Bytes) -> Result<(), String> {
         match self.post(body) {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -736,7 +794,8 @@ impl SpanExporter for HttpSpanExporter {
         let mut body = Vec::with_capacity(self.size_hint.load(Ordering::Relaxed));
         encode_request(&self.resource, &self.resource_schema, &batch, &mut body);
         self.size_hint.store(body.len(), Ordering::Relaxed);
-        self.send(body).map_err(OTelSdkError::InternalFailure)
+        self.send(body.into())
+            .map_err(OTelSdkError::InternalFailure)
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -921,7 +980,7 @@ mod tests {
                 },
             );
             let mut ours = Vec::new();
-            encode_scope_request(&resource_body(&resource), "", &scope, &spans.buf, &mut ours);
+            ScopeFrame::new(&resource_body(&resource), "", &scope).encode(&spans.buf, &mut ours);
             let data = SpanData {
                 span_context: sc.clone(),
                 parent_span_id: parent,

@@ -380,7 +380,50 @@ enum Store {
     Encoded(Pb),
 }
 
+/// Attributes that many server spans share (a route's, a component
+/// version's, a connection's), encoded once where they are made rather than
+/// on every request.
+#[derive(Debug, Clone)]
+pub struct FixedAttributes {
+    /// `Span` field 9 entries, for the host's queue.
+    encoded: Box<[u8]>,
+    /// The same attributes, for the SDK's queue; their strings are shared,
+    /// so a copy is a reference count.
+    values: Box<[KeyValue]>,
+}
+
+impl FixedAttributes {
+    pub fn new(values: Vec<KeyValue>) -> FixedAttributes {
+        let mut pb = Pb::default();
+        for kv in &values {
+            pb.attribute_field(kv);
+        }
+        FixedAttributes {
+            encoded: pb.buf.into_boxed_slice(),
+            values: values.into_boxed_slice(),
+        }
+    }
+}
+
 impl SpanAttributes {
+    /// Adds `fixed`, in its order: one copy of its bytes when all of it
+    /// fits under the limit, else one by one up to the limit, the rest
+    /// counted.
+    pub fn fixed(&mut self, fixed: &FixedAttributes) {
+        let n = fixed.values.len();
+        if self.count + n <= self.max {
+            self.count += n;
+            match &mut self.store {
+                Store::Values(v) => v.extend(fixed.values.iter().cloned()),
+                Store::Encoded(pb) => pb.buf.extend_from_slice(&fixed.encoded),
+            }
+        } else {
+            for kv in fixed.values.iter() {
+                self.value(kv.clone());
+            }
+        }
+    }
+
     /// Room for one more, or the drop counted.
     fn room(&mut self) -> bool {
         if self.count < self.max {
@@ -734,7 +777,7 @@ mod tests {
                     scope: gantry_scope(),
                     post: Box::new(move |body| {
                         if let Ok(mut b) = sent.lock() {
-                            b.push(body);
+                            b.push(body.to_vec());
                         }
                         Ok(())
                     }),
@@ -784,6 +827,7 @@ mod tests {
                 let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
                     Some(V::StringValue(s)) => s.clone(),
                     Some(V::IntValue(i)) => i.to_string(),
+                    Some(V::BoolValue(b)) => b.to_string(),
                     other => format!("{other:?}"),
                 };
                 (kv.key.clone(), v)
@@ -805,9 +849,14 @@ mod tests {
                 .with_baggage([KeyValue::new("tenant", "t1")]);
             let caller = parent.span().span_context().clone();
 
+            let route = FixedAttributes::new(vec![
+                KeyValue::new("http.route", Arc::<str>::from("/x")),
+                KeyValue::new("url.scheme", "http"),
+            ]);
             let mut span = rig.t.server_span(&parent, "GET /x".into());
             if let Some(a) = span.attributes() {
-                a.str("http.route", "/x");
+                a.str("http.request.method", "GET");
+                a.fixed(&route);
             }
             let sc = span.cx.span().span_context().clone();
             assert_eq!(sc.trace_id(), caller.trace_id());
@@ -850,7 +899,9 @@ mod tests {
             assert_eq!(
                 attrs(server),
                 vec![
+                    text("http.request.method", "GET"),
                     text("http.route", "/x"),
+                    text("url.scheme", "http"),
                     text("http.response.status_code", "504"),
                     text("error.type", "timeout"),
                 ]
@@ -881,10 +932,15 @@ mod tests {
     fn attributes_past_the_limit_are_counted_not_kept() {
         for encoded in [false, true] {
             let mut rig = rig(encoded);
-            rig.t.max_attributes = 2;
+            rig.t.max_attributes = 4;
+            let ab = FixedAttributes::new(vec![KeyValue::new("a", 1), KeyValue::new("b", "x")]);
+            let cd = FixedAttributes::new(vec![KeyValue::new("c", true), KeyValue::new("d", 4)]);
             let mut span = rig.t.server_span(&Context::new(), "GET /z".into());
             if let Some(a) = span.attributes() {
                 a.int("n", 0);
+                a.fixed(&ab);
+                // Only `c` fits.
+                a.fixed(&cd);
                 a.str("s", "one");
                 a.string("t", "two".into());
             }
@@ -892,9 +948,19 @@ mod tests {
             let spans = exported(&rig);
             assert_eq!(spans.len(), 1);
             let s = &spans[0].1;
-            // One given at the start and the status code at the end are dropped.
-            assert_eq!(attrs(s).len(), 2, "{s:?}");
-            assert_eq!(s.dropped_attributes_count, 2);
+            let text = |k: &str, v: &str| (k.to_string(), v.to_string());
+            assert_eq!(
+                attrs(s),
+                vec![
+                    text("n", "0"),
+                    text("a", "1"),
+                    text("b", "x"),
+                    text("c", "true")
+                ],
+                "{s:?}"
+            );
+            // `d`, `s`, `t` and the status code are dropped.
+            assert_eq!(s.dropped_attributes_count, 4);
             let status = s.status.clone().unwrap_or_default();
             assert_eq!((status.code, status.message.as_str()), (2, "HTTP 503"));
         }
