@@ -7,8 +7,8 @@
 //! - and a native hyper server answering the same bytes (this very binary,
 //!   started again with `--native-hello`), the floor for any wasm host.
 //!
-//! `hey` drives each in turn, A/B/C/D per round, at concurrency 1 and 50, so
-//! drift on the machine hits all alike. Prints req/s, p50, p99 and server CPU
+//! `hey` drives each in turn, A/B/C/D in odd rounds and D/C/B/A in even
+//! ones, at concurrency 1 and 50, so drift on the machine hits all alike. Prints req/s, p50, p99 and server CPU
 //! per request per round, the medians, each server's peak RSS and the ratios
 //! Gantry / `wasmtime serve` and Gantry / native. Figures, not assertions:
 //! `scripts/bench.sh` runs it (and installs wasmtime-cli once), or
@@ -245,7 +245,14 @@ source = "{}"
         );
         let mut results: Vec<Vec<Figures>> = vec![Vec::new(); subjects.len()];
         for round in 1..=rounds {
-            for (i, s) in subjects.iter().enumerate() {
+            // A/B/C/D, then D/C/B/A: drift within a round hits each
+            // neighbour pair from both sides.
+            let mut order: Vec<usize> = (0..subjects.len()).collect();
+            if round % 2 == 0 {
+                order.reverse();
+            }
+            for i in order {
+                let s = &subjects[i];
                 let host0 = cpu_us(s.pid);
                 let peer0 = s.collector_pid.map(cpu_us).unwrap_or(0.0);
                 let mut f = hey(&s.url, seconds, c);
@@ -298,7 +305,7 @@ source = "{}"
             "c={c}: gantry (telemetry on) / wasmtime serve: req/s {:.2}x, p99 {:.2}x | \
              gantry (telemetry off) / wasmtime serve: req/s {:.2}x | \
              gantry (telemetry on) / native: req/s {:.2}x, p99 {:.2}x | \
-             telemetry cost: req/s {:+.1} %, CPU/req {:+.1} %",
+             telemetry cost: req/s {:+.1} %, CPU/req {:+.1} % (the collector's CPU on the same cores: {:.1} % of all)",
             ratio(0, 2, |f| f.rps),
             ratio(0, 2, |f| f.p99_ms),
             ratio(1, 2, |f| f.rps),
@@ -306,6 +313,7 @@ source = "{}"
             ratio(0, 3, |f| f.p99_ms),
             (1.0 - ratio(0, 1, |f| f.rps)) * 100.0,
             (ratio(0, 1, |f| f.host_cpu_us) - 1.0) * 100.0,
+            med(0, |f| f.peer_cpu_us) / total(0) * 100.0,
         ));
         // The same ratios round by round (each pair ran seconds apart): their
         // spread shows how far one median ratio can be trusted.
