@@ -187,14 +187,23 @@ impl AppServer {
         let mut span = self.tracing.server_span(&parent, name);
         // Attributes only matter to a span that leaves the process.
         if let Some(a) = span.attributes() {
-            a.str("http.request.method", method);
+            // `http.request.method`, `network.protocol.version`.
+            match method_and_protocol(&parts.method, parts.version) {
+                Some(f) => a.fixed(f),
+                None => {
+                    a.str("http.request.method", method);
+                    a.str("network.protocol.version", protocol_version(parts.version));
+                }
+            }
             // `http.route`, `url.scheme`.
             a.fixed(&m.entry.span_attributes);
             a.str("url.path", &path);
             // `client.address`, `client.port`.
             a.fixed(client.span_attributes());
-            a.str("server.address", &host);
-            a.str("network.protocol.version", protocol_version(parts.version));
+            match client.server_address(&host) {
+                Some(f) => a.fixed(f),
+                None => a.str("server.address", &host),
+            }
             // `gantry.component.id`, `gantry.component.digest`.
             a.fixed(&version.loaded.span_attributes);
             if let Some(q) = parts.uri.query() {
@@ -315,6 +324,9 @@ pub struct Peer {
     header: HeaderValue,
     /// Made at the first recorded span.
     attributes: std::sync::OnceLock<FixedAttributes>,
+    /// The first recorded request's `server.address`, which the
+    /// connection's later requests almost always repeat.
+    host: std::sync::OnceLock<(Box<str>, FixedAttributes)>,
 }
 
 impl Peer {
@@ -325,7 +337,20 @@ impl Peer {
             header: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
             attributes: std::sync::OnceLock::new(),
+            host: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `server.address` for `host`, made once: `None` when this request
+    /// names another host than the connection's first.
+    fn server_address(&self, host: &str) -> Option<&FixedAttributes> {
+        let (first, attribute) = self.host.get_or_init(|| {
+            (
+                Box::from(host),
+                FixedAttributes::new(vec![KeyValue::new("server.address", host.to_string())]),
+            )
+        });
+        (**first == *host).then_some(attribute)
     }
 
     fn span_attributes(&self) -> &FixedAttributes {
@@ -377,6 +402,50 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// `http.request.method` and `network.protocol.version` of a request with
+/// a standard method, made once for every pair.
+fn method_and_protocol(
+    method: &http::Method,
+    version: http::Version,
+) -> Option<&'static FixedAttributes> {
+    use http::{Method, Version};
+    const METHODS: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const VERSIONS: [Version; 5] = [
+        Version::HTTP_09,
+        Version::HTTP_10,
+        Version::HTTP_11,
+        Version::HTTP_2,
+        Version::HTTP_3,
+    ];
+    static TABLE: std::sync::OnceLock<Vec<FixedAttributes>> = std::sync::OnceLock::new();
+    let m = METHODS.iter().position(|x| x == method)?;
+    let v = VERSIONS.iter().position(|x| *x == version)?;
+    let table = TABLE.get_or_init(|| {
+        METHODS
+            .iter()
+            .flat_map(|m| {
+                VERSIONS.iter().map(move |v| {
+                    FixedAttributes::new(vec![
+                        KeyValue::new("http.request.method", m.as_str().to_string()),
+                        KeyValue::new("network.protocol.version", protocol_version(*v)),
+                    ])
+                })
+            })
+            .collect()
+    });
+    table.get(m * VERSIONS.len() + v)
 }
 
 fn protocol_version(v: http::Version) -> &'static str {
@@ -555,5 +624,56 @@ pub async fn serve(
         () = tokio::time::sleep(drain) => {
             tracing::warn!("shutdown timeout of {drain:?} passed with requests still in flight");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(f: &FixedAttributes) -> Vec<String> {
+        f.values()
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect()
+    }
+
+    #[test]
+    fn standard_methods_and_versions_are_written_once_others_per_request() {
+        let got = method_and_protocol(&http::Method::PATCH, http::Version::HTTP_2)
+            .map(text)
+            .unwrap_or_default();
+        assert_eq!(
+            got,
+            vec!["http.request.method=PATCH", "network.protocol.version=2"]
+        );
+        let get = method_and_protocol(&http::Method::GET, http::Version::HTTP_11).map(text);
+        assert_eq!(
+            get,
+            Some(vec![
+                "http.request.method=GET".to_string(),
+                "network.protocol.version=1.1".to_string()
+            ])
+        );
+        let purge = http::Method::from_bytes(b"PURGE").unwrap_or_default();
+        assert!(method_and_protocol(&purge, http::Version::HTTP_11).is_none());
+    }
+
+    #[test]
+    fn a_connection_keeps_the_server_address_of_its_first_request() {
+        let peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        assert_eq!(
+            peer.server_address("a.test:3000").map(text),
+            Some(vec!["server.address=a.test:3000".to_string()])
+        );
+        assert!(peer.server_address("a.test:3000").is_some());
+        assert!(
+            peer.server_address("b.test").is_none(),
+            "another host is written per request"
+        );
+        assert_eq!(
+            text(peer.span_attributes()),
+            vec!["client.address=127.0.0.1", "client.port=40000"]
+        );
     }
 }

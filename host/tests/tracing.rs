@@ -57,6 +57,19 @@ async fn trace_context_flows_from_caller_through_host_to_upstream() {
     assert_eq!(server.kind, SpanKind::Server as i32);
     assert_eq!(hex(&server.parent_span_id), CALLER);
     assert_eq!(attr(&server, "http.route").as_deref(), Some("/hello"));
+    // Those written once per process, route or connection, and those
+    // written per request.
+    assert_eq!(attr(&server, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(
+        attr(&server, "network.protocol.version").as_deref(),
+        Some("1.1")
+    );
+    assert_eq!(attr(&server, "url.scheme").as_deref(), Some("http"));
+    assert_eq!(attr(&server, "url.path").as_deref(), Some("/hello"));
+    assert_eq!(
+        attr(&server, "server.address"),
+        Some(g.url("").trim_start_matches("http://").to_string())
+    );
     assert_eq!(
         attr(&server, "http.response.status_code").as_deref(),
         Some("200")

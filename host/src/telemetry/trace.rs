@@ -403,6 +403,11 @@ impl FixedAttributes {
             values: values.into_boxed_slice(),
         }
     }
+
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> &[KeyValue] {
+        &self.values
+    }
 }
 
 impl SpanAttributes {
