@@ -25,7 +25,7 @@
 //!
 //! Counted with callgrind (`cargo bench -p gantry --bench telemetry`), what
 //! telemetry adds to a request fell from 6.7k instructions with the SDK's
-//! queue to 3.2k.
+//! queue to 2.7k.
 //!
 //! Used with the host's own `http/protobuf` exporter; for gRPC and
 //! compressed export, server spans go through the SDK's queue as before.
