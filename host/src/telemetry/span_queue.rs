@@ -308,6 +308,7 @@ fn in_place(frame: &ScopeFrame, mut spans: Vec<u8>, room: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
     fn entry(pb: &mut Pb, len: usize) {
         pb.buf.push(0x12);
@@ -320,9 +321,13 @@ mod tests {
         pb.buf.extend(std::iter::repeat_n(0xaa, len));
     }
 
+    /// A queue whose posts record each body's length, and fail when told
+    /// to. With a `gate`, the first post says it has started and waits
+    /// until it is let go.
     fn queue(
         limits: Limits,
         fail: bool,
+        gate: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
     ) -> (Arc<SpanQueue>, Arc<Mutex<Vec<usize>>>, Arc<AtomicU64>) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let dropped = Arc::new(AtomicU64::new(0));
@@ -335,6 +340,11 @@ mod tests {
                 resource_schema: String::new(),
                 scope: InstrumentationScope::builder("t").build(),
                 post: Box::new(move |body| {
+                    let first = s.lock().map(|s| s.is_empty()).unwrap_or(false);
+                    if let (true, Some((entered, release))) = (first, &gate) {
+                        let _ = entered.send(());
+                        let _ = release.recv_timeout(Duration::from_secs(10));
+                    }
                     if let Ok(mut s) = s.lock() {
                         s.push(body.len());
                     }
@@ -355,32 +365,9 @@ mod tests {
         };
         // The first post waits until it is let go, so that the queue fills
         // behind it.
-        let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let s = sent.clone();
-        let q = SpanQueue::start(
-            limits,
-            dropped.clone(),
-            Export {
-                resource: Vec::new(),
-                resource_schema: String::new(),
-                scope: InstrumentationScope::builder("t").build(),
-                post: Box::new(move |body| {
-                    let first = s.lock().map(|s| s.is_empty()).unwrap_or(false);
-                    if first {
-                        let _ = entered_tx.send(());
-                        let _ = released.recv_timeout(Duration::from_secs(10));
-                    }
-                    if let Ok(mut s) = s.lock() {
-                        s.push(body.len());
-                    }
-                    Ok(())
-                }),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (entered_tx, entered) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let (q, sent, dropped) = queue(limits, false, Some((entered_tx, released)));
         for _ in 0..3 {
             q.push(|pb| entry(pb, 4));
         }
@@ -520,7 +507,7 @@ mod tests {
             max_batch: 5,
             delay: Duration::from_millis(50),
         };
-        let (q, sent, dropped) = queue(limits, true);
+        let (q, sent, dropped) = queue(limits, true, None);
         q.push(|pb| entry(pb, 4));
         q.push(|pb| entry(pb, 4));
         let until = Instant::now() + Duration::from_secs(10);
