@@ -150,12 +150,13 @@ fn count_instructions(manifest: &std::path::Path, endpoint: &str, requests: u64)
     // short delay would post every few dozen spans. The warm-up and the
     // count are whole batches, so every post in the window is a full batch
     // and the last one leaves before the dump.
+    let batch = BATCH.to_string();
     let on: &[(&str, &str)] = &[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_TRACES_SAMPLER", "always_on"),
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", batch.as_str()),
     ];
     let requests = requests.div_ceil(BATCH).max(1) * BATCH;
     let off: &[(&str, &str)] = &[("OTEL_SDK_DISABLED", "true")];

@@ -58,14 +58,29 @@ const MOTORS: [&str; 4] = [
     "right-motor-backward",
 ];
 
-fn assert_all_safe(view: &Value, robot: &str) {
+/// The first motor or eye of `robot` that is not off, and how.
+fn not_safe(view: &Value, robot: &str) -> Option<String> {
     for m in MOTORS {
         let p = pin(view, &format!("{robot}-{m}"));
-        assert_eq!(p["duty"], 0.0, "{robot}-{m} still driven: {p}");
-        assert_eq!(p["level"], "low", "{robot}-{m}: {p}");
+        if p["duty"] != 0.0 {
+            return Some(format!("{robot}-{m} still driven: {p}"));
+        }
+        if p["level"] != "low" {
+            return Some(format!("{robot}-{m} not low: {p}"));
+        }
     }
     for e in ["left-eye", "right-eye"] {
-        assert_eq!(pin(view, &format!("{robot}-{e}"))["level"], "low");
+        let p = pin(view, &format!("{robot}-{e}"));
+        if p["level"] != "low" {
+            return Some(format!("{robot}-{e} not low: {p}"));
+        }
+    }
+    None
+}
+
+fn assert_all_safe(view: &Value, robot: &str) {
+    if let Some(why) = not_safe(view, robot) {
+        panic!("{why}");
     }
 }
 
@@ -360,27 +375,12 @@ async fn wait_all_safe(g: &Gantry, robot: &str) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let view = gpio_view(g).await;
-        if all_safe(&view, robot) {
-            assert_all_safe(&view, robot);
+        let Some(why) = not_safe(&view, robot) else {
             return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{robot}: motors still running: {view}"
-        );
+        };
+        assert!(Instant::now() < deadline, "{why}: {view}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Whether every motor and eye of `robot` is off.
-fn all_safe(view: &Value, robot: &str) -> bool {
-    MOTORS
-        .iter()
-        .all(|m| pin(view, &format!("{robot}-{m}"))["duty"] == 0.0)
-        && MOTORS
-            .iter()
-            .chain(&["left-eye", "right-eye"])
-            .all(|p| pin(view, &format!("{robot}-{p}"))["level"] == "low")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -670,7 +670,9 @@ impl ScopeFrame {
         &self.tail
     }
 
-    /// A whole request for `spans`, appended to `out`.
+    /// A whole request for `spans`, appended to `out`: what the queue
+    /// posts, as the tests build it to compare.
+    #[cfg(test)]
     pub fn encode(&self, spans: &[u8], out: &mut Vec<u8>) {
         out.reserve(self.max_head() + spans.len() + self.tail.len());
         self.head(spans.len(), out);

@@ -81,8 +81,6 @@ struct Pending {
     /// Full batches (`max_batch` spans each, laid out as `spans`), waiting
     /// for the export thread.
     ready: Vec<Vec<u8>>,
-    /// Spans queued in all: `count` and those of `ready`.
-    queued: usize,
     /// An empty buffer the export thread made ready for the next batch.
     spare: Option<Vec<u8>>,
     /// Flushes asked for, and how many of them the export thread has done.
@@ -154,7 +152,8 @@ impl SpanQueue {
     /// aside for the export thread and starts the next one.
     pub fn push(&self, write: impl FnOnce(&mut Pb)) {
         let mut p = self.lock();
-        if p.closed || p.queued >= self.limits.max_queue {
+        let queued = p.count + p.ready.len() * self.limits.max_batch;
+        if p.closed || queued >= self.limits.max_queue {
             let closed = p.closed;
             drop(p);
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +171,6 @@ impl SpanQueue {
         write(&mut pb);
         p.spans = pb.buf;
         p.count += 1;
-        p.queued += 1;
         if p.count == self.limits.max_batch {
             let fresh = match p.spare.take() {
                 Some(b) => b,
@@ -237,8 +235,12 @@ impl SpanQueue {
     fn run(&self, frame: ScopeFrame, mut post: Post) {
         // The last batch's size, to allocate the next buffer once.
         let mut size_hint = 0;
+        // The buffer that replaces one taken; kept until it is used.
+        let mut fresh: Option<Vec<u8>> = None;
         loop {
-            let mut fresh = Some(self.buffer(size_hint));
+            if fresh.is_none() {
+                fresh = Some(self.buffer(size_hint));
+            }
             let deadline = Instant::now() + self.limits.delay;
             let mut p = self.lock();
             let mut due = false;
@@ -271,7 +273,6 @@ impl SpanQueue {
             if p.spare.is_none() {
                 p.spare = fresh.take();
             }
-            p.queued -= batches.iter().map(|(_, n)| n).sum::<usize>();
             drop(p);
 
             for (spans, n) in batches {
