@@ -40,6 +40,8 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Mutating calls are off altogether.
     pub read_only: bool,
+    /// Held while a component upload is read.
+    pub uploads: tokio::sync::Mutex<()>,
 }
 
 /// Largest component a `PUT /components/{id}` takes.
@@ -70,6 +72,18 @@ impl AdminState {
                 }
                 let id = id.to_string();
                 let result = if method == http::Method::PUT {
+                    // One upload at a time: each may hold up to MAX_UPLOAD.
+                    let Ok(_uploading) = self.uploads.try_lock() else {
+                        let mut r = plain(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "Too Many Requests: another component upload is in progress\n",
+                        );
+                        r.headers_mut().insert(
+                            http::header::RETRY_AFTER,
+                            http::HeaderValue::from_static("1"),
+                        );
+                        return r;
+                    };
                     match read_limited(req.into_body(), MAX_UPLOAD).await {
                         Some(bytes) => swapper.replace(&id, bytes, "admin").await,
                         None => {
@@ -110,7 +124,15 @@ impl AdminState {
                 "Forbidden: this admin listener is read-only (--admin-read-only)\n",
             ));
         }
+        // An empty token is refused at start; were one set anyway, nothing
+        // would match it.
         let token = self.token.as_deref()?;
+        if token.trim().is_empty() {
+            return Some(plain(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: no usable admin token is configured\n",
+            ));
+        }
         let given = req
             .headers()
             .get(http::header::AUTHORIZATION)
@@ -275,17 +297,31 @@ fn components_json(swapper: &Swapper) -> serde_json::Value {
 }
 
 /// The body, or `None` past `limit` bytes (or when the client broke off).
-async fn read_limited(body: Incoming, limit: usize) -> Option<Vec<u8>> {
+/// The body, read into one buffer (never copied again), or `None` past
+/// `limit` bytes.
+async fn read_limited(mut body: Incoming, limit: usize) -> Option<Vec<u8>> {
+    use http_body::Body as _;
     use http_body_util::BodyExt;
-    let b = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .ok()?;
-    Some(b.to_bytes().to_vec())
+    let hint = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+    let mut out = Vec::with_capacity(hint.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > limit {
+                return None;
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Some(out)
 }
 
+/// Equal, in a time that tells nothing of where they differ or of their
+/// lengths: both sides are hashed first, and the digests compared whole.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn json_response(body: String) -> Response<WasiBody> {

@@ -119,8 +119,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Largest linear memory one instance may use (e.g. 128MiB).
-    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    /// Largest linear memory one instance may use (e.g. 128MiB; 64KiB to 4GiB).
+    #[arg(long, default_value = "128MiB", value_parser = parse_instance_memory)]
     pub max_instance_memory: u64,
 
     /// Largest request body accepted; larger ones get 413 (e.g. 10MiB).
@@ -128,8 +128,38 @@ pub struct UpArgs {
     pub max_request_body: u64,
 
     /// Most instances alive at once (requests in flight); beyond it, 503.
-    #[arg(long, default_value_t = 128)]
-    pub pool_size: u32,
+    /// Default: 128, or fewer where --memory-budget holds fewer instances of
+    /// --max-instance-memory.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_POOL as i64))]
+    pub pool_size: Option<u32>,
+
+    /// Memory all instances together may use: the pool must fit in it
+    /// (pool size x max instance memory). Default: three quarters of the
+    /// memory the process may use (its cgroup's limit, else the machine's).
+    #[arg(long, env = "GANTRY_MEMORY_BUDGET", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+
+    /// Connections served at once; more wait in the listen backlog until one
+    /// ends. Default: 4096, or fewer where the open-files limit is lower.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+
+    /// Concurrent HTTP/2 streams (requests) one connection may open.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Time a client has to send a whole request head, from its first byte.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a connection may stay open with no request in flight.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a write to a client may make no progress (a client that
+    /// stopped reading) before its connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
 
     /// How much of each pooled instance's memory stays resident between
     /// requests, reset in place instead of handed back to the kernel: no
@@ -208,20 +238,43 @@ fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(u64, &'a str), String>
     Ok((n, unit.trim()))
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// The most instances a pool may have.
+pub const MAX_POOL: u32 = 100_000;
+
+/// The longest duration any flag takes: a day.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds; more than zero, at most a day.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = number_and_unit(s, "a duration like 30s or 500ms")?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let ms_per_unit: u64 = match unit {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
         u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
     };
+    let d = n
+        .checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("duration {s:?} is too long: at most 24h"))?;
     if d.is_zero() {
         return Err("duration must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// A linear memory limit: at least one WebAssembly page, at most the 4 GiB a
+/// 32-bit memory can address.
+fn parse_instance_memory(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(64 << 10..=4 << 30).contains(&n) {
+        return Err(format!(
+            "{s:?} is out of range: an instance's memory is 64KiB to 4GiB"
+        ));
+    }
+    Ok(n)
 }
 
 /// Like [`parse_duration`], but zero is allowed (`0` means "do not wait").
@@ -394,6 +447,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         app
     };
 
+    if let Some(t) = &args.admin_token
+        && t.trim().is_empty()
+    {
+        bail!(
+            "--admin-token (or GANTRY_ADMIN_TOKEN) is empty: an empty token would let anyone \
+             swap components; give a secret (e.g. `openssl rand -hex 32`), or leave it unset"
+        );
+    }
     if !args.admin_listen.ip().is_loopback() && args.admin_token.is_none() && !args.admin_read_only
     {
         bail!(
@@ -403,6 +464,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.admin_listen
         );
     }
+    let budget = args.memory_budget.unwrap_or_else(default_memory_budget);
+    let pool_size = sized_pool(args.pool_size, budget, args.max_instance_memory)?;
+    if args
+        .pool_keep_resident
+        .is_some_and(|k| k > args.max_instance_memory)
+    {
+        bail!("--pool-keep-resident is more than --max-instance-memory");
+    }
+    let open_files = crate::connection::raise_open_files_limit();
+    let max_connections = connection_limit(args.max_connections, open_files)?;
     // The board first: a Pi backend off a Pi fails here, before anything loads.
     let board = gpio::open(args.gpio)?;
     let metrics = Arc::new(Metrics::new());
@@ -425,8 +496,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .components
         .values()
         .map(|c| {
+            // Read only when valid: this runs before wasmtime has looked at it.
             std::fs::read(&c.source)
                 .ok()
+                .filter(|b| runtime::is_valid_wasm(b))
                 .and_then(|b| runtime::data_segment_bytes(&b))
         })
         .collect();
@@ -449,11 +522,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         plain_engine: !args.one_engine,
         ..runtime_config(
             &args.app,
-            args.pool_size,
+            pool_size,
             args.max_instance_memory,
             !args.no_pooling,
         )
     };
+    tracing::info!(
+        pool_size,
+        max_instance_memory = args.max_instance_memory,
+        memory_budget = budget,
+        max_connections,
+        open_files,
+        "limits"
+    );
     let runtime = Arc::new(Runtime::new(config)?);
     let live = load_live(&runtime, app, &args.app)?;
     for (id, spec) in &live.app.components {
@@ -491,6 +572,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             max_request_body: args.max_request_body,
             max_instance_memory: args.max_instance_memory,
             queue_timeout: args.queue_timeout,
+            max_connections,
+            max_streams_per_connection: args.max_streams_per_connection,
+            conn: crate::connection::ConnLimits {
+                header_read: args.header_read_timeout,
+                idle: args.idle_timeout,
+                write: args.write_timeout,
+            },
         },
         gpio_host,
     ));
@@ -518,14 +606,93 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: draining in-flight requests");
     };
     server::serve(listener, server, shutdown, args.shutdown_timeout).await;
-    if let Some(export) = metrics_export {
-        export.shutdown().await;
+    // A collector that does not answer must not hold the exit past the
+    // pods' grace period: the last flush gets a few seconds, then is given up.
+    let flush = async {
+        if let Some(export) = metrics_export {
+            export.shutdown().await;
+        }
+        // Flushing may wait on the collector; keep it off the async threads.
+        let flushing = tracer.clone();
+        let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
+    };
+    if tokio::time::timeout(TELEMETRY_FLUSH, flush).await.is_err() {
+        tracing::warn!(
+            "telemetry not flushed within {TELEMETRY_FLUSH:?}: the collector does not answer; \
+             what was still queued is dropped"
+        );
     }
-    // Flushing may wait on the collector; keep it off the async threads.
-    let flushing = tracer.clone();
-    let _ = tokio::task::spawn_blocking(move || flushing.shutdown()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the last telemetry flush may take at shutdown.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(3);
+
+/// The default instance pool.
+const DEFAULT_POOL: u32 = 128;
+
+/// The pool: as asked, when it fits in the budget; else the default, cut to
+/// what fits.
+fn sized_pool(asked: Option<u32>, budget: u64, instance: u64) -> anyhow::Result<u32> {
+    let fits = budget / instance.max(1);
+    match asked {
+        Some(n) if u64::from(n) > fits => bail!(
+            "--pool-size {n} does not fit in the memory budget: {n} instances x {} MiB = {} MiB, \
+             but --memory-budget is {} MiB (room for {fits}); lower --pool-size or \
+             --max-instance-memory, or raise --memory-budget",
+            instance >> 20,
+            (u64::from(n) * instance) >> 20,
+            budget >> 20
+        ),
+        Some(n) => Ok(n),
+        None if fits == 0 => bail!(
+            "--memory-budget {} MiB holds no instance of --max-instance-memory {} MiB",
+            budget >> 20,
+            instance >> 20
+        ),
+        None => Ok(DEFAULT_POOL.min(u32::try_from(fits).unwrap_or(u32::MAX))),
+    }
+}
+
+/// Three quarters of what the process may use: its cgroup's memory limit
+/// where there is one, else the machine's memory.
+fn default_memory_budget() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    let limit = match (cgroup, total) {
+        (Some(c), Some(t)) => c.min(t),
+        (Some(c), None) => c,
+        (None, Some(t)) => t,
+        (None, None) => 16 << 30,
+    };
+    limit / 4 * 3
+}
+
+/// Descriptors kept free beside connections: listeners, files, outbound
+/// calls, the cache.
+const RESERVED_FDS: u64 = 256;
+
+/// Connections at once: as asked when the descriptors allow it, else a
+/// default within them.
+fn connection_limit(asked: Option<u32>, open_files: u64) -> anyhow::Result<usize> {
+    let room = open_files.saturating_sub(RESERVED_FDS).max(1);
+    match asked {
+        Some(n) if u64::from(n) > room => bail!(
+            "--max-connections {n} needs more descriptors than the process may open: its \
+             open-files limit is {open_files} ({room} after {RESERVED_FDS} kept for the host); \
+             raise `ulimit -n` or lower --max-connections"
+        ),
+        Some(n) => Ok(n as usize),
+        None => Ok(4096usize.min(usize::try_from(room).unwrap_or(usize::MAX))),
+    }
 }
 
 fn routes_text(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) -> String {
@@ -588,6 +755,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert!(parse_duration("307445734561825861m").is_err());
+        assert!(parse_duration("25h").is_err());
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_wait("0"), Ok(Duration::ZERO));
         assert_eq!(parse_wait("0ms"), Ok(Duration::ZERO));

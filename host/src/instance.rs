@@ -9,7 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -104,18 +104,21 @@ impl HostState {
         HostState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            table: {
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             hooks: OutboundHooks {
                 component: caps.id.clone(),
                 policy: caps.outbound.clone(),
                 propagate: caps.propagate_trace_context,
-                guest: GuestTelemetry {
-                    component: caps.id.clone(),
-                    tracing: trace.tracing,
-                    metrics: trace.metrics,
-                    server: trace.cx,
-                    open: Vec::new(),
-                },
+                guest: GuestTelemetry::new(
+                    caps.id.clone(),
+                    trace.tracing,
+                    trace.metrics,
+                    trace.cx,
+                ),
             },
             limits: MemoryLimiter {
                 max: usize::try_from(max_memory).unwrap_or(usize::MAX),
@@ -126,6 +129,11 @@ impl HostState {
         }
     }
 }
+
+/// Most host resources (streams, fields, bodies, pollables...) one instance
+/// may hold at once: past it a new one fails in the guest instead of growing
+/// host memory that the instance's memory limit does not see.
+pub const MAX_RESOURCES: usize = 16_384;
 
 /// The request's telemetry: tracer, metrics and the server span's context.
 pub struct TraceHandle {
@@ -186,8 +194,11 @@ pub struct Call {
     pub caps: Arc<ComponentCaps>,
     pub timeout: Duration,
     pub max_memory: u64,
-    /// The instance slot this call occupies until its store is dropped.
-    pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// The instance slot (and the component's share of the pool) this call
+    /// occupies until its store is dropped.
+    pub permit: Admission,
+    /// Where the response body's deadline is watched: the connection's.
+    pub watch: Arc<BodyWatch>,
     pub trace: TraceHandle,
     pub gpio: Arc<GpioHost>,
 }
@@ -203,11 +214,13 @@ pub async fn invoke(
         timeout,
         max_memory,
         permit,
+        watch,
         trace,
         gpio,
     } = call;
     let deadline = Instant::now() + timeout;
     let metrics = trace.metrics.clone();
+    let body_metrics = trace.metrics.clone();
     let engine = loaded.handler.component().engine();
     let mut store = new_store(engine, &caps, max_memory, trace, gpio, deadline);
 
@@ -238,8 +251,11 @@ pub async fn invoke(
         let result = if loaded.handler.concurrent {
             store
                 .run_concurrent(async move |accessor| {
-                    call.run(accessor).await;
-                    // Keep the store alive until the body is sent or dropped.
+                    // Keep the store alive until the body is sent or dropped;
+                    // a guest that failed will write no more of it, and
+                    // waiting would hold its instance for as long as the
+                    // client stays.
+                    call.run(accessor).await?;
                     let _ = done_rx.await;
                     wasmtime::Result::Ok(())
                 })
@@ -247,9 +263,13 @@ pub async fn invoke(
         } else {
             // The plain engine (0.2 only): no concurrent calls, so none of
             // their bookkeeping; the guest runs inside `call_async`.
-            call.run_plain(&mut store).await;
-            let _ = done_rx.await;
-            Ok(Ok(()))
+            match call.run_plain(&mut store).await {
+                Ok(()) => {
+                    let _ = done_rx.await;
+                    Ok(Ok(()))
+                }
+                Err(e) => Ok(Err(e)),
+            }
         };
         let peak = store.data().limits.peak;
         metrics
@@ -294,12 +314,26 @@ pub async fn invoke(
     });
     match tokio::time::timeout_at(deadline.into(), until_head).await {
         Ok(Head::Answered(Ok(response))) => {
-            // From here the body drives the store (see `DrivenBody`).
+            // From here the body drives the store (see `DrivenBody`), and
+            // the connection's watch ends it at the deadline if nobody does.
             let (parts, body) = response.into_parts();
+            let state = Arc::new(BodyState {
+                deadline,
+                expired: AtomicBool::new(false),
+                life: std::sync::Mutex::new(BodyLife {
+                    store,
+                    done: Some(done_tx),
+                    waker: None,
+                }),
+                component: component.clone(),
+                metrics: body_metrics,
+                timeout,
+            });
+            watch.register(&state);
             let body = DrivenBody {
                 inner: body,
-                store,
-                done: Some(done_tx),
+                state,
+                failed: false,
             };
             Ok(http::Response::from_parts(
                 parts,
@@ -491,7 +525,7 @@ impl GuestCall {
     /// Runs the call inside the store until the guest's handler returns.
     /// The response head, or the error that stands for it, has been sent
     /// when this returns.
-    async fn run(self, accessor: &Accessor<HostState>) {
+    async fn run(self, accessor: &Accessor<HostState>) -> wasmtime::Result<()> {
         match self {
             GuestCall::P2 {
                 func,
@@ -500,7 +534,7 @@ impl GuestCall {
                 head,
             } => {
                 let ended = func.call_concurrent(accessor, (request, out)).await;
-                p2_ended(&head, ended);
+                p2_ended(&head, ended)
             }
             GuestCall::P3 {
                 func,
@@ -517,7 +551,16 @@ impl GuestCall {
                     })
                 }
                 .await;
+                // A trap ends the store; an error code is the guest's answer.
+                let trapped = answer
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.downcast_ref::<Trap>().copied());
                 let _ = head.send(answer);
+                match trapped {
+                    Some(trap) => Err(trap.into()),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -525,7 +568,7 @@ impl GuestCall {
     /// Runs a 0.2 call on an engine without concurrency support, until the
     /// guest's handler returns. As with `run`, the response head (or the
     /// error that stands for it) has been sent when this returns.
-    async fn run_plain(self, store: &mut Store<HostState>) {
+    async fn run_plain(self, store: &mut Store<HostState>) -> wasmtime::Result<()> {
         match self {
             GuestCall::P2 {
                 func,
@@ -534,28 +577,38 @@ impl GuestCall {
                 head,
             } => {
                 let ended = func.call_async(&mut *store, (request, out)).await;
-                p2_ended(&head, ended);
+                p2_ended(&head, ended)
             }
             GuestCall::P3 { head, .. } => {
                 // `Runtime::link` puts no 0.3 handler on the plain engine.
                 let _ = head.send(Err(wasmtime::format_err!(
                     "a wasi:http 0.3 handler needs an engine with concurrency support"
                 )));
+                Ok(())
             }
         }
     }
 }
 
-/// A 0.2 call has ended: if the guest set no response, say why.
-fn p2_ended(head: &std::sync::Mutex<Option<HeadSender>>, ended: wasmtime::Result<()>) {
+/// A 0.2 call has ended: if the guest set no response, say why. A trap
+/// after the response head is returned, so that the store ends now instead
+/// of waiting for a body the guest will never finish.
+fn p2_ended(
+    head: &std::sync::Mutex<Option<HeadSender>>,
+    ended: wasmtime::Result<()>,
+) -> wasmtime::Result<()> {
     // Still here: the guest returned or trapped without setting its
     // response.
-    if let Some(tx) = take_sender(head) {
-        let why = match ended {
-            Ok(()) => wasmtime::format_err!("{NO_RESPONSE_SET}"),
-            Err(e) => e.context(NO_RESPONSE_SET),
-        };
-        let _ = tx.send(Err(why));
+    match take_sender(head) {
+        Some(tx) => {
+            let why = match ended {
+                Ok(()) => wasmtime::format_err!("{NO_RESPONSE_SET}"),
+                Err(e) => e.context(NO_RESPONSE_SET),
+            };
+            let _ = tx.send(Err(why));
+            Ok(())
+        }
+        None => ended,
     }
 }
 
@@ -640,31 +693,186 @@ fn classify(e: wasmtime::Error, timeout: Duration) -> InvokeError {
     InvokeError::Trap(text)
 }
 
-/// A response body that drives the store producing it: every poll lets the
-/// guest run first, and the end of the body releases the store.
-struct DrivenBody {
-    inner: WasiBody,
-    store: Option<StoreLife>,
-    done: Option<oneshot::Sender<()>>,
+/// Why a response body was cut off.
+const BODY_TIMEOUT: &str = "body_timeout";
+
+/// The part of a response body that the connection's [`BodyWatch`] can end:
+/// the store producing it, and the deadline of its request.
+pub struct BodyState {
+    deadline: Instant,
+    /// The deadline passed: the body ends with an error at its next poll.
+    expired: AtomicBool,
+    life: std::sync::Mutex<BodyLife>,
+    component: Arc<str>,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
 }
 
-impl DrivenBody {
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(life) = self.store.as_mut()
-            && life.as_mut().poll(cx).is_ready()
-        {
-            self.store = None;
+struct BodyLife {
+    store: Option<StoreLife>,
+    done: Option<oneshot::Sender<()>>,
+    /// Who polled the body last, woken when the deadline ends it.
+    waker: Option<std::task::Waker>,
+}
+
+impl BodyState {
+    /// The deadline passed: release the instance now (when no poll holds
+    /// it; else that poll does) and count it, once.
+    fn expire(&self) {
+        if self.expired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics
+            .guest_failures
+            .with(&[&self.component, BODY_TIMEOUT])
+            .inc();
+        tracing::warn!(
+            component = %self.component,
+            timeout = ?self.timeout,
+            "response body not finished by the request's deadline: cut off, instance released"
+        );
+        if let Ok(mut life) = self.life.try_lock() {
+            life.store = None;
+            life.done = None;
+            if let Some(w) = life.waker.take() {
+                w.wake();
+            }
         }
     }
 }
 
+/// The response bodies of one connection still being sent, each ended at
+/// its request's deadline even when nothing polls it: a client that stops
+/// reading, or an HTTP/2 stream without flow-control credit, leaves a body
+/// unpolled, and its instance would otherwise stay taken.
+#[derive(Default)]
+pub struct BodyWatch {
+    bodies: std::sync::Mutex<Vec<std::sync::Weak<BodyState>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl BodyWatch {
+    fn register(&self, body: &Arc<BodyState>) {
+        if let Ok(mut b) = self.bodies.lock() {
+            b.retain(|w| w.strong_count() > 0);
+            b.push(Arc::downgrade(body));
+        }
+        self.changed.notify_one();
+    }
+
+    /// Response bodies still being sent.
+    pub fn sending(&self) -> usize {
+        self.bodies
+            .lock()
+            .map(|b| b.iter().filter(|w| w.strong_count() > 0).count())
+            .unwrap_or(0)
+    }
+
+    /// Ends what is past its deadline; the next deadline, if any.
+    fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let mut due = Vec::new();
+        let next = {
+            let Ok(mut bodies) = self.bodies.lock() else {
+                return None;
+            };
+            let mut next: Option<Instant> = None;
+            bodies.retain(|w| {
+                let Some(b) = w.upgrade() else { return false };
+                if b.expired.load(Ordering::Acquire) {
+                    return false;
+                }
+                if b.deadline <= now {
+                    due.push(b);
+                    return false;
+                }
+                next = Some(next.map_or(b.deadline, |n| n.min(b.deadline)));
+                true
+            });
+            next
+        };
+        for b in due {
+            b.expire();
+        }
+        next
+    }
+
+    /// Watches until dropped (with its connection).
+    pub async fn run(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            match self.expire_due(Instant::now()) {
+                Some(next) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next.into()) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// A response body that drives the store producing it: every poll lets the
+/// guest run first, and the end of the body releases the store. Past the
+/// request's deadline it ends with an error (the client sees the response
+/// cut off) and the store is gone.
+struct DrivenBody {
+    inner: WasiBody,
+    state: Arc<BodyState>,
+    failed: bool,
+}
+
 impl DrivenBody {
+    /// Lets the guest run; `false` when the deadline has passed (the store
+    /// is then dropped here).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let expired = self.state.expired.load(Ordering::Acquire)
+            || (Instant::now() >= self.state.deadline && {
+                self.state.expire();
+                true
+            });
+        let Ok(mut life) = self.state.life.lock() else {
+            return false;
+        };
+        if expired {
+            life.store = None;
+            life.done = None;
+            return false;
+        }
+        if let Some(store) = life.store.as_mut()
+            && store.as_mut().poll(cx).is_ready()
+        {
+            life.store = None;
+        }
+        // The watch may have found the deadline passed while this poll held
+        // the lock; it left the store to this poll.
+        if self.state.expired.load(Ordering::Acquire) {
+            life.store = None;
+            life.done = None;
+            return false;
+        }
+        match &life.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => life.waker = Some(cx.waker().clone()),
+        }
+        true
+    }
+
     /// The body has been sent: let the store end, here if it can.
     fn finish(&mut self, cx: &mut Context<'_>) {
-        if let Some(tx) = self.done.take() {
-            let _ = tx.send(());
+        if let Ok(mut life) = self.state.life.lock() {
+            if let Some(tx) = life.done.take() {
+                let _ = tx.send(());
+            }
+            if let Some(store) = life.store.as_mut()
+                && store.as_mut().poll(cx).is_ready()
+            {
+                life.store = None;
+            }
         }
-        self.drive(cx);
     }
 }
 
@@ -674,12 +882,14 @@ impl Drop for DrivenBody {
         // end; usually the store can then end at once, on this thread.
         self.finish(&mut Context::from_waker(std::task::Waker::noop()));
         // A guest still busy (a 0.3 guest may go on after its response) gets
-        // to finish on its own task, bounded by its deadline as before.
-        if let Some(life) = self.store.take()
+        // to finish on its own task, until its deadline at the latest.
+        let life = self.state.life.lock().ok().and_then(|mut l| l.store.take());
+        if let Some(life) = life
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
+            let deadline = self.state.deadline;
             rt.spawn(async move {
-                let _ = life.await;
+                let _ = tokio::time::timeout_at(deadline.into(), life).await;
             });
         }
     }
@@ -693,7 +903,15 @@ impl Body for DrivenBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.drive(cx);
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        if !self.drive(cx) {
+            self.failed = true;
+            return Poll::Ready(Some(Err(
+                wasmtime_wasi_http::Error::ConnectionWriteTimeout,
+            )));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(cx),
@@ -704,10 +922,17 @@ impl Body for DrivenBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failed || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// What a call holds while its instance lives: a slot of the pool and one of
+/// its component's share.
+pub struct Admission {
+    pub pool: tokio::sync::OwnedSemaphorePermit,
+    pub component: tokio::sync::OwnedSemaphorePermit,
 }

@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod builder;
 pub mod capabilities;
 pub mod cli;
+pub mod connection;
 pub mod gpio;
 pub mod instance;
 pub mod manifest;

@@ -109,6 +109,8 @@ pub struct ComponentSpec {
     pub variables: BTreeMap<String, Template>,
     pub build: Option<BuildSpec>,
     pub gantry: GantrySettings,
+    /// Where `tool.gantry` was written (or the component, without one).
+    pub gantry_location: Location,
     /// Pins granted by `tool.gantry.gpio`, by label.
     pub gpio: Vec<GpioGrant>,
 }
@@ -138,6 +140,27 @@ pub enum BuildCommand {
     Sequence(Vec<String>),
 }
 
+/// The longest `tool.gantry.timeout_ms`: a day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Where `key = ...` is written inside the table at `table` (a span of
+/// `text`), or the table itself.
+fn key_span(text: &str, table: Range<usize>, key: &str) -> Range<usize> {
+    let body = text.get(table.clone()).unwrap_or("");
+    let mut offset = 0;
+    for line in body.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            let start = table.start + offset + (line.len() - trimmed.len());
+            return start..start + key.len();
+        }
+        offset += line.len();
+    }
+    table
+}
+
 /// Gantry-only settings: `[component.<id>.tool.gantry]`, ignored by Spin.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +172,11 @@ pub struct GantrySettings {
     /// requests (default true). Turn off when callees must not learn trace ids.
     #[serde(default)]
     pub propagate_trace_context: Option<bool>,
+    /// Most instances of this component alive at once (its share of the
+    /// pool); past it its requests wait, then get 503, and the rest of the
+    /// pool stays free for the other components.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     /// Pins granted to this component; read with their locations by
     /// [`gpio`] into [`ComponentSpec::gpio`].
     #[serde(default)]
@@ -321,10 +349,48 @@ pub fn load_with(path: &Path, check_sources: bool) -> Result<App, LoadError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| LoadError::Io {
+    let meta = std::fs::metadata(&path).map_err(|source| LoadError::Io {
         path: path.clone(),
         source,
     })?;
+    if !meta.is_file() {
+        return Err(LoadError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(if meta.is_dir() {
+                "it is a directory without a spin.toml"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            }),
+        });
+    }
+    let bytes = std::fs::read(&path).map_err(|source| LoadError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // TOML is UTF-8: say where the first byte that is not is.
+            let valid = e.utf8_error().valid_up_to();
+            let bytes = e.as_bytes();
+            let before = String::from_utf8_lossy(&bytes[..valid]);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let field = field_at(&before, valid).unwrap_or_else(|| enclosing_table(&before, valid));
+            return Err(LoadError::Invalid(vec![ManifestError {
+                location: Location {
+                    file: path.clone(),
+                    line,
+                    column,
+                    field,
+                },
+                message: format!(
+                    "byte 0x{:02x} at offset {valid} is not UTF-8; a manifest must be UTF-8 text",
+                    bytes[valid]
+                ),
+            }]));
+        }
+    };
     parse_with(&path, &text, check_sources)
 }
 
@@ -638,18 +704,31 @@ impl<'a> Ctx<'a> {
         let source_path = match source.get_ref() {
             toml::Value::String(s) => {
                 let p = self.dir.join(s);
-                if self.check_sources && !p.is_file() {
+                let problem = match std::fs::metadata(&p) {
+                    _ if !self.check_sources => None,
+                    Ok(m) if m.is_file() => None,
+                    Ok(m) if m.is_dir() => {
+                        Some(format!("{} is a directory, not a .wasm file", p.display()))
+                    }
+                    Ok(_) => Some(format!(
+                        "{} is not a regular file (a device, FIFO or socket); give the path of a .wasm file",
+                        p.display()
+                    )),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                        "file {} does not exist{}",
+                        p.display(),
+                        if raw.build.is_some() {
+                            " (build it first, or run with `--build`)"
+                        } else {
+                            ""
+                        }
+                    )),
+                    Err(e) => Some(format!("cannot read {}: {e}", p.display())),
+                };
+                if let Some(message) = problem {
                     errors.push(ManifestError {
                         location: source_location.clone(),
-                        message: format!(
-                            "file {} does not exist{}",
-                            p.display(),
-                            if raw.build.is_some() {
-                                " (build it first, or run with `--build`)"
-                            } else {
-                                ""
-                            }
-                        ),
+                        message,
                     });
                 }
                 p
@@ -771,12 +850,42 @@ impl<'a> Ctx<'a> {
 
         // Tools: ours is validated, others are Spin's business (ignored).
         let mut gantry = GantrySettings::default();
+        let mut gantry_location = source_location.clone();
         if let Some(v) = raw.tool.get("gantry") {
+            let field = format!("{base}.tool.gantry");
+            gantry_location = self.location(v.span(), Some(&field));
             match GantrySettings::deserialize(v.get_ref().clone()) {
-                Ok(g) => gantry = g,
+                Ok(g) => {
+                    let at = |name: &str| {
+                        let span = v
+                            .get_ref()
+                            .get(name)
+                            .map(|_| key_span(self.text, v.span(), name))
+                            .unwrap_or(v.span());
+                        self.location(span, Some(&format!("{field}.{name}")))
+                    };
+                    if let Some(ms) = g.timeout_ms
+                        && !(1..=MAX_TIMEOUT_MS).contains(&ms)
+                    {
+                        errors.push(ManifestError {
+                            location: at("timeout_ms"),
+                            message: format!(
+                                "timeout_ms = {ms} is out of range: give 1 to {MAX_TIMEOUT_MS} (24 hours)"
+                            ),
+                        });
+                    }
+                    if g.max_concurrency == Some(0) {
+                        errors.push(ManifestError {
+                            location: at("max_concurrency"),
+                            message: "max_concurrency = 0 would refuse every request: give 1 or more"
+                                .into(),
+                        });
+                    }
+                    gantry = g;
+                }
                 Err(e) => errors.push(self.error_at(
                     v.span(),
-                    Some(&format!("{base}.tool.gantry")),
+                    Some(&field),
                     e.message().trim().to_string(),
                 )),
             }
@@ -792,6 +901,7 @@ impl<'a> Ctx<'a> {
             variables: comp_vars,
             build,
             gantry,
+            gantry_location,
             gpio: Vec::new(),
         })
     }

@@ -97,105 +97,33 @@ impl MemoryInit {
     }
 }
 
+/// Whether `wasm` is a valid WebAssembly component or module, checked by
+/// wasmparser's validator (which walks nested modules without recursion).
+/// Read anything else from a binary only once this holds.
+pub fn is_valid_wasm(wasm: &[u8]) -> bool {
+    wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+        .validate_all(wasm)
+        .is_ok()
+}
+
 /// Bytes of active data segments in a component's core modules (or in a core
 /// module): what an instance copies into its memories at start when memory
 /// images are not mapped. `None` when the binary cannot be read as such.
+/// Nested modules and components are walked by wasmparser's own parser, one
+/// payload at a time, so a crafted depth costs no stack.
 pub fn data_segment_bytes(wasm: &[u8]) -> Option<u64> {
-    let mut r = WasmReader { b: wasm, i: 0 };
-    if r.bytes(4)? != b"\0asm" {
-        return None;
-    }
-    let version = r.bytes(4)?;
-    let component = version[2..] == [1, 0];
     let mut total = 0u64;
-    while r.i < r.b.len() {
-        let id = r.byte()?;
-        let len = r.leb()? as usize;
-        let body = r.bytes(len)?;
-        total += match (component, id) {
-            // A nested core module or component.
-            (true, 1) | (true, 4) => data_segment_bytes(body)?,
-            (false, 11) => active_data_bytes(body)?,
-            _ => 0,
-        };
-    }
-    Some(total)
-}
-
-fn active_data_bytes(section: &[u8]) -> Option<u64> {
-    let mut r = WasmReader { b: section, i: 0 };
-    let mut total = 0u64;
-    for _ in 0..r.leb()? {
-        let active = match r.leb()? {
-            0 => true,
-            1 => false,
-            2 => {
-                r.leb()?; // memory index
-                true
-            }
-            _ => return None,
-        };
-        if active {
-            r.skip_const_expr()?;
-        }
-        let len = r.leb()?;
-        r.bytes(usize::try_from(len).ok()?)?;
-        if active {
-            total += len;
-        }
-    }
-    Some(total)
-}
-
-/// Just enough of a WebAssembly reader to walk sections and data segments.
-struct WasmReader<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl<'a> WasmReader<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let v = *self.b.get(self.i)?;
-        self.i += 1;
-        Some(v)
-    }
-
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.i.checked_add(n)?;
-        let v = self.b.get(self.i..end)?;
-        self.i = end;
-        Some(v)
-    }
-
-    /// An unsigned or signed LEB128 number (signed ones are only skipped).
-    fn leb(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = self.byte()?;
-            if shift < 64 {
-                v |= u64::from(b & 0x7f) << shift;
-            }
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-
-    /// A constant expression: `i32.const`, `i64.const`, `global.get` and
-    /// the extended-const arithmetic, up to its `end`.
-    fn skip_const_expr(&mut self) -> Option<()> {
-        loop {
-            match self.byte()? {
-                0x0b => return Some(()),
-                0x41 | 0x42 | 0x23 => {
-                    self.leb()?;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        if let wasmparser::Payload::DataSection(reader) = payload.ok()? {
+            for data in reader {
+                let data = data.ok()?;
+                if let wasmparser::DataKind::Active { .. } = data.kind {
+                    total = total.checked_add(data.data.len() as u64)?;
                 }
-                0x6a | 0x6b | 0x6c | 0x7c | 0x7d | 0x7e => {}
-                _ => return None,
             }
         }
     }
+    Some(total)
 }
 
 impl Default for RuntimeConfig {
@@ -980,16 +908,22 @@ pub struct ComponentSlot {
     /// Swaps (and rollbacks) done, and why the last refused one was refused.
     pub swaps: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The component's share of the instance pool: how many of its requests
+    /// may hold an instance at once (`tool.gantry.max_concurrency`).
+    pub share: Arc<tokio::sync::Semaphore>,
+    pub share_size: u32,
 }
 
 impl ComponentSlot {
-    pub fn new(id: &str, version: Version) -> Self {
+    pub fn new(id: &str, version: Version, share_size: u32) -> Self {
         ComponentSlot {
             id: Arc::from(id),
             current: ArcSwap::from_pointee(version),
             previous: ArcSwapOption::empty(),
             swaps: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            share: Arc::new(tokio::sync::Semaphore::new(share_size as usize)),
+            share_size,
         }
     }
 
@@ -1041,6 +975,17 @@ pub fn load_app(
     load_app_over(runtime, app, variable_overrides, None)
 }
 
+/// How many instances one component may hold when its manifest does not
+/// say: the whole pool for an app of one component, else three quarters of
+/// it, so that no component can take every slot from the others.
+pub fn default_share(pool: u32, components: usize) -> u32 {
+    if components <= 1 {
+        pool
+    } else {
+        (pool - pool / 4).max(1)
+    }
+}
+
 /// Like [`load_app`], for a new version of the manifest while `old` serves:
 /// a component whose `.wasm` is unchanged keeps its compiled version, and a
 /// component that stays keeps its swap history.
@@ -1066,7 +1011,22 @@ pub fn load_app_over(
     };
     let mut slots = Vec::new();
     let mut index = HashMap::new();
+    let pool = runtime.config().pool_size;
+    let default_share = default_share(pool, app.components.len());
     for (id, spec) in &app.components {
+        let share = match spec.gantry.max_concurrency {
+            Some(n) if n > pool => {
+                errors.push(AppError {
+                    location: spec.gantry_location.clone(),
+                    message: format!(
+                        "max_concurrency = {n} is more than the whole pool (--pool-size {pool})"
+                    ),
+                });
+                continue;
+            }
+            Some(n) => n,
+            None => default_share,
+        };
         let caps = match ComponentCaps::resolve(spec, &values) {
             Ok(c) => c,
             Err(e) => {
@@ -1097,14 +1057,19 @@ pub fn load_app_over(
         match loaded {
             Ok(loaded) => {
                 index.insert(id.clone(), slots.len());
-                let slot = ComponentSlot::new(
+                let mut slot = ComponentSlot::new(
                     id,
                     Version {
                         loaded,
                         caps: Arc::new(caps),
                     },
+                    share,
                 );
                 if let Some(b) = before {
+                    // Requests in flight hold places in the old share.
+                    if b.share_size == share {
+                        slot.share = b.share.clone();
+                    }
                     slot.previous.store(b.previous.load_full());
                     slot.swaps
                         .store(b.swaps.load(Ordering::Relaxed), Ordering::Relaxed);

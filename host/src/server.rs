@@ -22,7 +22,8 @@ use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::capabilities::gpio::GpioHost;
-use crate::instance::{self, Call, InvokeError, TraceHandle};
+use crate::connection::{Active, ConnLimits, ConnShared, GuardedStream};
+use crate::instance::{self, Admission, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
@@ -38,6 +39,11 @@ pub struct Limits {
     pub max_instance_memory: u64,
     /// How long a request waits for a free instance before its 503.
     pub queue_timeout: Duration,
+    /// Connections served at once; past it new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams one connection may open.
+    pub max_streams_per_connection: u32,
+    pub conn: ConnLimits,
 }
 
 /// Shared by every connection of the application listener.
@@ -84,6 +90,11 @@ impl AppServer {
     ) -> Response<WasiBody> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(&self.in_flight);
+        let _active = Active::new(&client.conn);
+        if let Err(why) = check_host(&req) {
+            tracing::debug!(client = %client.addr, "bad request: {why}");
+            return plain(StatusCode::BAD_REQUEST, why);
+        }
         let live = self.live.load_full();
         let Some(m) = live.router.route(req.uri().path()) else {
             return plain(StatusCode::NOT_FOUND, "Not Found\n");
@@ -96,7 +107,8 @@ impl AppServer {
         active.add(1);
         let _active = ActiveGuard(active);
         let route = &*m.entry.raw;
-        let method = req.method().clone();
+        // Clients choose methods; the label set stays the standard one.
+        let method = metric_method(req.method());
         let log_span = tracing::info_span!(
             "request",
             component = %component,
@@ -104,13 +116,13 @@ impl AppServer {
             trace_id = tracing::field::Empty
         );
         let response = self
-            .handle_routed(req, &m, &version, &component, client, local)
+            .handle_routed(req, &m, &slot, &version, client, local)
             .instrument(log_span)
             .await;
         let status = response.status();
         self.metrics
             .request_duration
-            .with(&[&component, route, method.as_str(), status.as_str()])
+            .with(&[&component, route, method, status.as_str()])
             .observe(
                 started.elapsed().as_secs_f64(),
                 response.extensions().get::<SampledTrace>().map(|t| t.0),
@@ -122,15 +134,15 @@ impl AppServer {
         &self,
         req: Request<Incoming>,
         m: &crate::router::RouteMatch<'_>,
+        slot: &crate::runtime::ComponentSlot,
         version: &crate::runtime::Version,
-        component: &Arc<str>,
         client: &Peer,
         local: SocketAddr,
     ) -> Response<WasiBody> {
         // For the span's `url.path` and the error log, after the request has
         // gone to the guest.
         let path: Arc<str> = Arc::from(req.uri().path());
-        let component = component.clone();
+        let component = slot.id.clone();
 
         if let Some(len) = content_length(&req)
             && len > self.limits.max_request_body
@@ -140,12 +152,18 @@ impl AppServer {
         }
 
         let (mut parts, body) = req.into_parts();
+        // `check_host` has made sure any `Host` is one valid authority.
         let host = parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(Arc::<str>::from)
-            .or_else(|| parts.uri.authority().map(|a| Arc::from(a.as_str())))
+            .uri
+            .authority()
+            .map(|a| Arc::from(a.as_str()))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(Arc::<str>::from)
+            })
             .unwrap_or_else(|| Arc::from(local.to_string()));
         let path_and_query = parts
             .uri
@@ -180,8 +198,12 @@ impl AppServer {
         let parent = self.tracing.extract(&parts.headers);
         let route = &*m.entry.raw;
         let method = parts.method.as_str();
-        let mut name = String::with_capacity(method.len() + 1 + route.len());
-        name.push_str(method);
+        // A method outside the standard set is `_OTHER` in attributes and
+        // `HTTP` in the span name, as the HTTP semantic conventions say.
+        let standard = metric_method(&parts.method) != OTHER_METHOD;
+        let name_method = if standard { method } else { "HTTP" };
+        let mut name = String::with_capacity(name_method.len() + 1 + route.len());
+        name.push_str(name_method);
         name.push(' ');
         name.push_str(route);
         let mut span = self.tracing.server_span(&parent, name);
@@ -191,7 +213,12 @@ impl AppServer {
             match method_and_protocol(&parts.method, parts.version) {
                 Some(f) => a.fixed(f),
                 None => {
-                    a.str("http.request.method", method);
+                    if standard {
+                        a.str("http.request.method", method);
+                    } else {
+                        a.str("http.request.method", OTHER_METHOD);
+                        a.str("http.request.method_original", method);
+                    }
                     a.str("network.protocol.version", protocol_version(parts.version));
                 }
             }
@@ -234,15 +261,33 @@ impl AppServer {
         .boxed_unsync();
         let request = Request::from_parts(parts, body);
 
-        let Some(permit) = self.acquire_instance_slot().await else {
-            tracing::warn!(%component, "no free instance: all {} slots busy", self.runtime.config().pool_size);
-            let mut r = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: no free instance\n",
-            );
-            r.headers_mut()
-                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
+        let permit = match self.admit(slot).await {
+            Ok(p) => p,
+            Err(full) => {
+                self.metrics
+                    .guest_failures
+                    .with(&[&component, "no_free_instance"])
+                    .inc();
+                match full {
+                    NoRoom::Pool => tracing::warn!(
+                        %component,
+                        "no free instance: all {} slots busy",
+                        self.runtime.config().pool_size
+                    ),
+                    NoRoom::Share(n) => tracing::warn!(
+                        %component,
+                        "no free instance: the component has all {n} of its share of the pool"
+                    ),
+                }
+                span.end_failed(503, "no_free_instance", "no free instance".into());
+                let mut r = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: no free instance\n",
+                );
+                r.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
         };
         let timeout = version.caps.timeout.unwrap_or(self.limits.request_timeout);
         let call = Call {
@@ -251,6 +296,7 @@ impl AppServer {
             timeout,
             max_memory: self.limits.max_instance_memory,
             permit,
+            watch: client.conn.bodies.clone(),
             trace: TraceHandle {
                 tracing: self.tracing.clone(),
                 metrics: self.metrics.clone(),
@@ -278,23 +324,20 @@ impl AppServer {
         resp
     }
 
-    /// A free instance slot, waiting at most `queue_timeout` for one. The
-    /// wait also covers the short gap between a response's last byte and its
-    /// instance being torn down, which a client can otherwise observe.
-    async fn acquire_instance_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(p) = self.permits.clone().try_acquire_owned() {
-            return Some(p);
-        }
-        if self.limits.queue_timeout.is_zero() {
-            return None;
-        }
-        tokio::time::timeout(
-            self.limits.queue_timeout,
-            self.permits.clone().acquire_owned(),
-        )
-        .await
-        .ok()?
-        .ok()
+    /// A place in the component's share of the pool, then a free instance
+    /// slot, waiting at most `queue_timeout` for both. The wait also covers
+    /// the short gap between a response's last byte and its instance being
+    /// torn down, which a client can otherwise observe.
+    async fn admit(&self, slot: &crate::runtime::ComponentSlot) -> Result<Admission, NoRoom> {
+        let wait_until = tokio::time::Instant::now() + self.limits.queue_timeout;
+        let share = acquire(&slot.share, wait_until)
+            .await
+            .ok_or(NoRoom::Share(slot.share_size))?;
+        let pool = acquire(&self.permits, wait_until).await.ok_or(NoRoom::Pool)?;
+        Ok(Admission {
+            pool,
+            component: share,
+        })
     }
 
     fn error_response(
@@ -316,11 +359,84 @@ impl AppServer {
     }
 }
 
+/// Which bound refused an instance.
+enum NoRoom {
+    Pool,
+    /// The component's share, of this size.
+    Share(u32),
+}
+
+/// A permit of `sem`, waiting until `until` at most.
+async fn acquire(
+    sem: &Arc<Semaphore>,
+    until: tokio::time::Instant,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(p) = sem.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    tokio::time::timeout_at(until, sem.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// `_OTHER` for a method outside the standard set.
+const OTHER_METHOD: &str = "_OTHER";
+
+/// The method as the request metrics label it: one of the standard methods,
+/// else `_OTHER`, so that clients cannot grow the label set.
+fn metric_method(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => OTHER_METHOD,
+    }
+}
+
+/// An HTTP/1.1 request has exactly one `Host`, and any `Host` is a valid
+/// authority (RFC 9112, 3.2): it is copied into `spin-full-url`.
+fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("Bad Request: more than one Host header\n");
+    }
+    match first {
+        None if req.version() == http::Version::HTTP_11 => {
+            Err("Bad Request: an HTTP/1.1 request needs a Host header\n")
+        }
+        None => Ok(()),
+        Some(h) => {
+            let valid = h
+                .to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && !s.contains('@'))
+                .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                .is_some();
+            if valid {
+                Ok(())
+            } else {
+                Err("Bad Request: the Host header is not a valid host[:port]\n")
+            }
+        }
+    }
+}
+
 /// The client of one connection, written out once for all the requests it
 /// sends: as `spin-client-addr` carries it and as its server spans'
 /// `client.address` and `client.port`.
 pub struct Peer {
     addr: SocketAddr,
+    /// What the socket guard and the requests of this connection share.
+    pub conn: Arc<ConnShared>,
     header: HeaderValue,
     /// Made at the first recorded span.
     attributes: std::sync::OnceLock<FixedAttributes>,
@@ -333,6 +449,7 @@ impl Peer {
     pub fn new(addr: SocketAddr) -> Peer {
         Peer {
             addr,
+            conn: Arc::new(ConnShared::default()),
             // Digits, dots, colons and brackets: always a valid value.
             header: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
@@ -575,7 +692,8 @@ impl Body for LimitedBody {
 }
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight
-/// requests finish for up to `drain` before returning.
+/// requests finish for up to `drain` before returning. At most
+/// `max_connections` are served at once; more wait in the listen backlog.
 pub async fn serve(
     listener: TcpListener,
     server: Arc<AppServer>,
@@ -583,12 +701,33 @@ pub async fn serve(
     drain: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        // The socket guard bounds the head (from its first byte) and the
+        // idle time apart; hyper's own timer would count idle time as head.
+        .header_read_timeout(None);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(server.limits.max_streams_per_connection);
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let connections = Arc::new(Semaphore::new(server.limits.max_connections));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A place first: past the limit, connections wait in the backlog
+        // instead of taking descriptors.
+        let place = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -605,20 +744,48 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let peer = Arc::new(Peer::new(client));
+        let shared = peer.conn.clone();
+        let io = GuardedStream::new(stream, shared.clone(), server.limits.conn);
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             let peer = peer.clone();
             async move { Ok::<_, std::convert::Infallible>(server.handle(req, &peer, local).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let conn = graceful.watch(conn.into_owned());
+        let mut drain_rx = drain_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%client, "connection ended with error: {e}");
+            let _place = place;
+            let mut conn = std::pin::pin!(conn);
+            let watch = shared.bodies.run();
+            let mut watch = std::pin::pin!(watch);
+            let mut drained = false;
+            loop {
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%client, "connection ended with error: {e}");
+                        }
+                        break;
+                    }
+                    () = &mut watch => {}
+                    changed = drain_rx.changed(), if !drained => {
+                        if changed.is_err() || *drain_rx.borrow() {
+                            drained = true;
+                            shared.draining.store(true, Ordering::Release);
+                            // Nothing in flight (at most a half-sent head):
+                            // close now rather than wait for the rest.
+                            if !shared.busy() {
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
+    let _ = drain_tx.send(true);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {

@@ -44,6 +44,19 @@ impl opentelemetry_sdk::trace::IdGenerator for GuestAwareIds {
     }
 }
 
+/// Guest spans open at once in one instance; a start past it is dropped.
+pub const MAX_OPEN_SPANS: usize = 128;
+/// Guest spans one request may end (export).
+pub const MAX_SPANS_PER_REQUEST: u32 = 1024;
+/// Attributes of one guest span, one event, one log record.
+pub const MAX_ATTRIBUTES: usize = 128;
+/// Events of one guest span.
+pub const MAX_EVENTS: usize = 128;
+/// Log records one request may emit.
+pub const MAX_LOGS_PER_REQUEST: u32 = 1024;
+/// Longest span name, attribute key or value, log body kept (bytes).
+pub const MAX_TEXT: usize = 4096;
+
 /// Per-request telemetry state of one guest.
 pub struct GuestTelemetry {
     pub component: Arc<str>,
@@ -51,8 +64,36 @@ pub struct GuestTelemetry {
     pub metrics: Arc<Metrics>,
     /// The request's server span.
     pub server: Context,
-    /// Guest spans started and not yet ended, innermost last.
+    /// Guest spans started and not yet ended, innermost last (at most
+    /// [`MAX_OPEN_SPANS`]).
     pub open: Vec<SpanContext>,
+    /// Spans ended and log records emitted by this request so far.
+    pub spans_ended: u32,
+    pub logs_emitted: u32,
+}
+
+impl GuestTelemetry {
+    pub fn new(
+        component: Arc<str>,
+        tracing: Arc<Tracing>,
+        metrics: Arc<Metrics>,
+        server: Context,
+    ) -> Self {
+        GuestTelemetry {
+            component,
+            tracing,
+            metrics,
+            server,
+            open: Vec::new(),
+            spans_ended: 0,
+            logs_emitted: 0,
+        }
+    }
+
+    /// Counts what a guest sent past a bound.
+    fn dropped(&self, signal: &'static str) {
+        self.metrics.telemetry_dropped.with(&[signal]).inc();
+    }
 }
 
 impl GuestTelemetry {
@@ -83,8 +124,31 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
+/// The latest time a guest may give: the end of year 9999.
+const MAX_GUEST_SECONDS: u64 = 253_402_300_799;
+
+/// A guest's time, saturated into the range a `SystemTime` and OTLP hold
+/// (nanoseconds past a second carry over; past year 9999 is year 9999).
 fn to_system_time(d: &Datetime) -> SystemTime {
-    UNIX_EPOCH + Duration::new(d.seconds, d.nanoseconds)
+    let secs = d
+        .seconds
+        .saturating_add(u64::from(d.nanoseconds / 1_000_000_000))
+        .min(MAX_GUEST_SECONDS);
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, d.nanoseconds % 1_000_000_000))
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// `s` cut to at most [`MAX_TEXT`] bytes, on a character boundary.
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_TEXT {
+        return s.to_string();
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 fn parse_context(c: &wt::SpanContext) -> Option<SpanContext> {
@@ -104,10 +168,15 @@ fn parse_context(c: &wt::SpanContext) -> Option<SpanContext> {
     Some(SpanContext::new(trace_id, span_id, flags, true, state))
 }
 
-fn attributes(kvs: &[types::KeyValue]) -> Vec<KeyValue> {
-    kvs.iter()
-        .map(|kv| KeyValue::new(kv.key.clone(), kv.value.clone()))
-        .collect()
+/// At most [`MAX_ATTRIBUTES`] of them, each cut to [`MAX_TEXT`]; `true`
+/// with them when some were left out.
+fn attributes(kvs: &[types::KeyValue]) -> (Vec<KeyValue>, bool) {
+    let kept = kvs
+        .iter()
+        .take(MAX_ATTRIBUTES)
+        .map(|kv| KeyValue::new(bounded(&kv.key), bounded(&kv.value)))
+        .collect();
+    (kept, kvs.len() > MAX_ATTRIBUTES)
 }
 
 impl types::Host for OtelView<'_> {}
@@ -115,6 +184,10 @@ impl types::Host for OtelView<'_> {}
 impl wt::Host for OtelView<'_> {
     fn on_start(&mut self, context: wt::SpanContext) -> wasmtime::Result<()> {
         if let Some(sc) = parse_context(&context) {
+            if self.0.open.len() >= MAX_OPEN_SPANS {
+                self.0.dropped("guest_spans");
+                return Ok(());
+            }
             self.0.open.push(sc);
         }
         Ok(())
@@ -125,6 +198,11 @@ impl wt::Host for OtelView<'_> {
             return Ok(());
         };
         self.0.open.retain(|o| o.span_id() != sc.span_id());
+        if self.0.spans_ended >= MAX_SPANS_PER_REQUEST {
+            self.0.dropped("guest_spans");
+            return Ok(());
+        }
+        self.0.spans_ended += 1;
         // The parent: the guest's named parent in the same trace, else the
         // server span.
         let parent = match SpanId::from_hex(&span.parent_span_id) {
@@ -147,26 +225,28 @@ impl wt::Host for OtelView<'_> {
             wt::SpanKind::Consumer => SpanKind::Consumer,
             wt::SpanKind::Internal => SpanKind::Internal,
         };
-        let mut attrs = attributes(&span.attributes);
+        let (mut attrs, mut cut) = attributes(&span.attributes);
         attrs.push(KeyValue::new(
             "gantry.component.id",
             self.0.component.to_string(),
         ));
+        cut |= span.events.len() > MAX_EVENTS;
         let events: Vec<Event> = span
             .events
             .iter()
+            .take(MAX_EVENTS)
             .map(|e| {
-                Event::new(
-                    e.name.clone(),
-                    to_system_time(&e.time),
-                    attributes(&e.attributes),
-                    0,
-                )
+                let (attributes, event_cut) = attributes(&e.attributes);
+                cut |= event_cut;
+                Event::new(bounded(&e.name), to_system_time(&e.time), attributes, 0)
             })
             .collect();
+        if cut {
+            self.0.dropped("guest_span_attributes");
+        }
         let tracer = self.0.tracing.tracer();
         let mut builder = tracer
-            .span_builder(span.name.clone())
+            .span_builder(bounded(&span.name))
             .with_kind(kind)
             .with_start_time(to_system_time(&span.start_time))
             .with_attributes(attrs);
@@ -282,12 +362,17 @@ fn kv_pairs(kvs: &[types::KeyValue]) -> Vec<(String, String)> {
 
 impl logs::Host for OtelView<'_> {
     fn on_emit(&mut self, data: logs::LogRecord) -> wasmtime::Result<()> {
+        if self.0.logs_emitted >= MAX_LOGS_PER_REQUEST {
+            self.0.dropped("guest_logs");
+            return Ok(());
+        }
+        self.0.logs_emitted += 1;
         let server = self.0.server.span();
         let sc = server.span_context();
         let trace_id = data.trace_id.unwrap_or_else(|| sc.trace_id().to_string());
         let span_id = data.span_id.unwrap_or_else(|| sc.span_id().to_string());
-        let body = data.body.unwrap_or_default();
-        let severity = data.severity_text.unwrap_or_else(|| "INFO".into());
+        let body = bounded(&data.body.unwrap_or_default());
+        let severity = bounded(&data.severity_text.unwrap_or_else(|| "INFO".into()));
         tracing::info!(
             target: "guest",
             component = %self.0.component,

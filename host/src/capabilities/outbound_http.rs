@@ -44,7 +44,12 @@ pub struct HostPattern {
     scheme: SchemePat,
     host: HostPat,
     port: PortPat,
+    /// As written (templates expanded): the metric label of its calls.
+    text: Arc<str>,
 }
+
+/// The label of calls to hosts no entry names.
+pub const OTHER: &str = "_OTHER";
 
 fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
@@ -139,17 +144,22 @@ impl HostPattern {
                 }
             }
         };
-        Ok(HostPattern { scheme, host, port })
+        Ok(HostPattern {
+            scheme,
+            host,
+            port,
+            text: Arc::from(text),
+        })
     }
 
-    /// Does a request to `scheme://host:port` match this pattern?
-    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let scheme_ok = match &self.scheme {
-            SchemePat::Any => true,
-            SchemePat::Named(s) => s == scheme,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let host_ok = match &self.host {
+    /// Whether `host` is the host this pattern names, whatever the scheme
+    /// and port.
+    fn names_host(&self, host: &str) -> bool {
+        self.allows_host(host.trim_start_matches('[').trim_end_matches(']'))
+    }
+
+    fn allows_host(&self, host: &str) -> bool {
+        match &self.host {
             HostPat::Any => true,
             HostPat::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPat::Subdomain(suffix) => {
@@ -158,7 +168,16 @@ impl HostPattern {
                     && host.ends_with(suffix.as_str())
                     && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
             }
+        }
+    }
+
+    /// Does a request to `scheme://host:port` match this pattern?
+    pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
+        let scheme_ok = match &self.scheme {
+            SchemePat::Any => true,
+            SchemePat::Named(s) => s == scheme,
         };
+        let host_ok = self.names_host(host);
         let port_ok = match &self.port {
             PortPat::Any => true,
             PortPat::Default => default_port(scheme) == Some(port),
@@ -184,17 +203,34 @@ impl OutboundPolicy {
     }
 
     pub fn allows_uri(&self, uri: &http::Uri) -> bool {
+        self.granting(uri).is_some()
+    }
+
+    /// The entry that grants a call to `uri`, if one does.
+    pub fn granting(&self, uri: &http::Uri) -> Option<&HostPattern> {
         let scheme = uri.scheme_str().unwrap_or("https");
-        let Some(host) = uri.host() else {
-            return false;
-        };
-        let port = match uri.port_u16().or_else(|| default_port(scheme)) {
-            Some(p) => p,
-            None => return false,
-        };
-        self.patterns.iter().any(|p| p.allows(scheme, host, port))
+        let host = uri.host()?;
+        let port = uri.port_u16().or_else(|| default_port(scheme))?;
+        self.patterns.iter().find(|p| p.allows(scheme, host, port))
+    }
+
+    /// The metric label of a call to `uri`: the entry that grants it, else
+    /// the first entry naming its host (another port or scheme), else
+    /// `_OTHER`. Guests choose hosts; the label set stays the manifest's.
+    pub fn label(&self, uri: &http::Uri) -> Arc<str> {
+        if let Some(p) = self.granting(uri) {
+            return p.text.clone();
+        }
+        uri.host()
+            .and_then(|h| self.patterns.iter().find(|p| p.names_host(h)))
+            .map(|p| p.text.clone())
+            .unwrap_or_else(|| Arc::from(OTHER))
     }
 }
+
+/// Denials are logged at most this often; the rest are counted in the
+/// metric and summed into the next line logged.
+static DENIAL_LOG: crate::telemetry::RateLimit = crate::telemetry::RateLimit::per_second(10);
 
 /// The `wasi:http` hooks of one request's store: a client span, the
 /// allow-list check, trace-context injection, then the default client.
@@ -252,18 +288,21 @@ impl WasiHttpHooks for OutboundHooks {
             .guest
             .tracing
             .client_span(&self.guest.current(), method, attrs);
-        let host = uri.host().unwrap_or("").to_string();
+        let host = self.policy.label(&uri);
         if !self.policy.allows_uri(&uri) {
             self.guest
                 .metrics
                 .outbound_denied
                 .with(&[&self.component, &host])
                 .inc();
-            tracing::warn!(
-                component = %self.component,
-                %uri,
-                "outbound request denied: not in allowed_outbound_hosts"
-            );
+            if let Some(suppressed) = DENIAL_LOG.admit() {
+                tracing::warn!(
+                    component = %self.component,
+                    %uri,
+                    suppressed,
+                    "outbound request denied: not in allowed_outbound_hosts"
+                );
+            }
             end_failed_span(
                 &cx,
                 "HTTP-request-denied",

@@ -471,11 +471,28 @@ impl Metrics {
                     if h.1.bounds != bounds {
                         return false;
                     }
-                    for (c, n) in h.1.counts.iter_mut().zip(counts) {
-                        *c += n;
+                    // Guest-given counts: a sum that would overflow drops the
+                    // whole point (counted), never wraps.
+                    let Some(n) = counts.iter().try_fold(0u64, |a, c| a.checked_add(*c)) else {
+                        return false;
+                    };
+                    let merged: Option<Vec<u64>> = h
+                        .1
+                        .counts
+                        .iter()
+                        .zip(counts)
+                        .map(|(c, n)| c.checked_add(*n))
+                        .collect();
+                    let Some(merged) = merged.filter(|m| {
+                        m.iter().try_fold(0u64, |a, c| a.checked_add(*c)).is_some()
+                    }) else {
+                        return false;
+                    };
+                    if !sum.is_finite() {
+                        return false;
                     }
+                    h.1.counts = merged;
                     h.1.sum += sum;
-                    let n: u64 = counts.iter().sum();
                     if let Some(t) = trace_id.filter(|_| n > 0) {
                         h.1.exemplar = Some(Exemplar {
                             trace_id: t,

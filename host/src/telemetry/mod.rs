@@ -22,6 +22,48 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Lets through at most so many log lines a second of one kind, when a guest
+/// or a client can cause them at will; the rest are counted and the count
+/// goes out with the next line let through.
+pub struct RateLimit {
+    per_second: u64,
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimit {
+    pub const fn per_second(n: u64) -> Self {
+        use std::sync::atomic::AtomicU64;
+        RateLimit {
+            per_second: n,
+            second: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one let through)` when this one
+    /// may be logged.
+    pub fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let seen = self.second.load(Relaxed);
+        if seen != now && self.second.compare_exchange(seen, now, Relaxed, Relaxed).is_ok() {
+            self.used.store(0, Relaxed);
+        }
+        if self.used.fetch_add(1, Relaxed) < self.per_second {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 pub mod logs;
 pub mod metrics;
 pub mod otlp_metrics;
