@@ -321,7 +321,10 @@ async fn read_limited(mut body: Incoming, limit: usize) -> Option<Vec<u8>> {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     let (x, y) = (Sha256::digest(a), Sha256::digest(b));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn json_response(body: String) -> Response<WasiBody> {
@@ -335,8 +338,18 @@ fn json_response(body: String) -> Response<WasiBody> {
 
 /// Serves the admin endpoints until the process exits.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Probes and scrapers send their heads at once; a slow one is dropped.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+    // Few clients: a bound on them keeps descriptors for the application.
+    let places = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
     loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
@@ -355,10 +368,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         tokio::spawn(async move {
+            let _place = place;
             let _ = conn.await;
         });
     }
 }
+
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections at once (probes, scrapes, event streams, uploads).
+const ADMIN_CONNECTIONS: usize = 256;
 
 pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr}")

@@ -44,7 +44,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the application's routes (like `spin up`) until Ctrl-C or SIGTERM.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Load and validate the manifest and every component, then exit; no listener.
     Check(CheckArgs),
 }
@@ -325,7 +325,7 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up(args) => up(args).await,
+            Command::Up(args) => up(*args).await,
             Command::Check(args) => check(args),
         }
     });

@@ -269,7 +269,10 @@ pub fn raise_open_files_limit() -> u64 {
                 lim.rlim_cur = lim.rlim_max;
             }
         }
-        lim.rlim_cur as u64
+        // `rlim_t` is not u64 on every Unix.
+        #[allow(clippy::unnecessary_cast)]
+        let limit = lim.rlim_cur as u64;
+        limit
     }
     #[cfg(not(unix))]
     {

@@ -113,12 +113,7 @@ impl HostState {
                 component: caps.id.clone(),
                 policy: caps.outbound.clone(),
                 propagate: caps.propagate_trace_context,
-                guest: GuestTelemetry::new(
-                    caps.id.clone(),
-                    trace.tracing,
-                    trace.metrics,
-                    trace.cx,
-                ),
+                guest: GuestTelemetry::new(caps.id.clone(), trace.tracing, trace.metrics, trace.cx),
             },
             limits: MemoryLimiter {
                 max: usize::try_from(max_memory).unwrap_or(usize::MAX),
@@ -334,6 +329,7 @@ pub async fn invoke(
                 inner: body,
                 state,
                 failed: false,
+                guest_failed: false,
             };
             Ok(http::Response::from_parts(
                 parts,
@@ -716,6 +712,23 @@ struct BodyLife {
 }
 
 impl BodyState {
+    /// The guest failed after its response head: the body it was writing
+    /// will not be finished.
+    fn failed_after_head(&self, e: &InvokeError) {
+        let reason = match e {
+            InvokeError::Timeout(_) => "timeout",
+            _ => "trap",
+        };
+        self.metrics
+            .guest_failures
+            .with(&[&self.component, reason])
+            .inc();
+        tracing::error!(
+            component = %self.component,
+            "guest failed after its response head; the response is cut off: {e}"
+        );
+    }
+
     /// The deadline passed: release the instance now (when no poll holds
     /// it; else that poll does) and count it, once.
     fn expire(&self) {
@@ -823,6 +836,9 @@ struct DrivenBody {
     inner: WasiBody,
     state: Arc<BodyState>,
     failed: bool,
+    /// The guest's store ended in failure: what it had written goes out,
+    /// then the body ends in an error, never as if complete.
+    guest_failed: bool,
 }
 
 impl DrivenBody {
@@ -843,9 +859,13 @@ impl DrivenBody {
             return false;
         }
         if let Some(store) = life.store.as_mut()
-            && store.as_mut().poll(cx).is_ready()
+            && let Poll::Ready(ended) = store.as_mut().poll(cx)
         {
             life.store = None;
+            if let Err(e) = ended {
+                self.state.failed_after_head(&e);
+                self.guest_failed = true;
+            }
         }
         // The watch may have found the deadline passed while this poll held
         // the lock; it left the store to this poll.
@@ -908,11 +928,13 @@ impl Body for DrivenBody {
         }
         if !self.drive(cx) {
             self.failed = true;
-            return Poll::Ready(Some(Err(
-                wasmtime_wasi_http::Error::ConnectionWriteTimeout,
-            )));
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionWriteTimeout)));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.guest_failed && !matches!(polled, Poll::Ready(Some(_))) {
+            self.failed = true;
+            return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionTerminated)));
+        }
         match &polled {
             Poll::Ready(None) => self.finish(cx),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(cx),
@@ -931,8 +953,30 @@ impl Body for DrivenBody {
 }
 
 /// What a call holds while its instance lives: a slot of the pool and one of
-/// its component's share.
+/// its component's share, counted in `gantry_instances`.
 pub struct Admission {
-    pub pool: tokio::sync::OwnedSemaphorePermit,
-    pub component: tokio::sync::OwnedSemaphorePermit,
+    _pool: tokio::sync::OwnedSemaphorePermit,
+    _component: tokio::sync::OwnedSemaphorePermit,
+    counted: Arc<crate::telemetry::metrics::Gauge>,
+}
+
+impl Admission {
+    pub fn new(
+        pool: tokio::sync::OwnedSemaphorePermit,
+        component: tokio::sync::OwnedSemaphorePermit,
+        counted: Arc<crate::telemetry::metrics::Gauge>,
+    ) -> Self {
+        counted.add(1);
+        Admission {
+            _pool: pool,
+            _component: component,
+            counted,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.counted.add(-1);
+    }
 }

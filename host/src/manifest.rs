@@ -143,18 +143,24 @@ pub enum BuildCommand {
 /// The longest `tool.gantry.timeout_ms`: a day.
 pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Where `key = ...` is written inside the table at `table` (a span of
-/// `text`), or the table itself.
+/// Where `key = ...` is written in the table that starts at `table` (a span
+/// of `text`: an inline table, or a `[header]` and the lines after it up to
+/// the next header), or the table itself.
 fn key_span(text: &str, table: Range<usize>, key: &str) -> Range<usize> {
-    let body = text.get(table.clone()).unwrap_or("");
-    let mut offset = 0;
-    for line in body.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key)
-            && rest.trim_start().starts_with('=')
-        {
-            let start = table.start + offset + (line.len() - trimmed.len());
-            return start..start + key.len();
+    let body = text.get(table.start..).unwrap_or("");
+    let mut offset = table.start;
+    for (i, line) in body.split_inclusive('\n').enumerate() {
+        if i > 0 && line.trim_start().starts_with('[') {
+            break;
+        }
+        for (at, _) in line.match_indices(key) {
+            let before = line[..at].trim_end();
+            let after = line[at + key.len()..].trim_start();
+            if after.starts_with('=')
+                && (before.is_empty() || before.ends_with('{') || before.ends_with(','))
+            {
+                return offset + at..offset + at + key.len();
+            }
         }
         offset += line.len();
     }
@@ -877,8 +883,9 @@ impl<'a> Ctx<'a> {
                     if g.max_concurrency == Some(0) {
                         errors.push(ManifestError {
                             location: at("max_concurrency"),
-                            message: "max_concurrency = 0 would refuse every request: give 1 or more"
-                                .into(),
+                            message:
+                                "max_concurrency = 0 would refuse every request: give 1 or more"
+                                    .into(),
                         });
                     }
                     gantry = g;

@@ -333,11 +333,14 @@ impl AppServer {
         let share = acquire(&slot.share, wait_until)
             .await
             .ok_or(NoRoom::Share(slot.share_size))?;
-        let pool = acquire(&self.permits, wait_until).await.ok_or(NoRoom::Pool)?;
-        Ok(Admission {
+        let pool = acquire(&self.permits, wait_until)
+            .await
+            .ok_or(NoRoom::Pool)?;
+        Ok(Admission::new(
             pool,
-            component: share,
-        })
+            share,
+            self.metrics.instances.with(&[&slot.id]),
+        ))
     }
 
     fn error_response(

@@ -3,6 +3,12 @@
 //! examples cover both WASI HTTP versions. With `?fetch=http://host:port/path`
 //! it also calls that URL (`wasi:http/outgoing-handler`, so only where the
 //! manifest's `allowed_outbound_hosts` lets it) and reports the answer.
+//!
+//! To see what slow and large responses cost (and that they cost only their
+//! own request): `?size=N` pads the body to N bytes (at most 64 MiB),
+//! `?stall_ms=N` sends the head and the first bytes, then waits N ms (at
+//! most 60 s) before the rest, and `?panic_after_head=1` fails after the
+//! head and the first bytes, as a guest bug would.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -12,7 +18,26 @@ use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
     ResponseOutparam, Scheme,
 };
-use wasip2::io::streams::StreamError;
+use wasip2::io::streams::{OutputStream, StreamError};
+
+/// The most one `blocking-write-and-flush` may take (WASI's limit).
+const WRITE_CHUNK: usize = 4096;
+const MAX_SIZE: usize = 64 << 20;
+const MAX_STALL_MS: u64 = 60_000;
+
+/// Writes all of `bytes`, a chunk at a time; `false` once the client is gone.
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> bool {
+    bytes
+        .chunks(WRITE_CHUNK)
+        .all(|chunk| stream.blocking_write_and_flush(chunk).is_ok())
+}
+
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
 
 struct Alpha;
 
@@ -140,11 +165,16 @@ impl Guest for Alpha {
         let served_before = SERVED.fetch_add(1, Ordering::Relaxed);
         let seed = SEED.swap(0, Ordering::Relaxed);
         let grown_zero = grown_pages_are_zero();
-        let fetched = path
-            .split_once('?')
-            .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("fetch=")))
+        let fetched = query_param(&path, "fetch")
             .map(|url| format!(",\"fetched\":{}", fetch(url)))
             .unwrap_or_default();
+        let size = query_param(&path, "size")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map_or(0, |n| n.min(MAX_SIZE));
+        let stall_ms = query_param(&path, "stall_ms")
+            .and_then(|n| n.parse::<u64>().ok())
+            .map_or(0, |n| n.min(MAX_STALL_MS));
+        let panic_after_head = query_param(&path, "panic_after_head").is_some();
         let body = format!(
             "{{\"route\":\"alpha\",\"ok\":true,\"method\":\"{}\",\"path\":\"{}\",\"headers\":{{{}}},\"served_before\":{},\"seed\":{},\"grown_zero\":{}{}}}\n",
             json_escape(&method),
@@ -165,8 +195,27 @@ impl Guest for Alpha {
             return;
         };
         ResponseOutparam::set(response_out, Ok(response));
+        let mut body = body.into_bytes();
+        // JSON allows trailing whitespace: the padding keeps the body valid.
+        if body.len() < size {
+            body.pop();
+            body.resize(size - 1, b' ');
+            body.push(b'\n');
+        }
         if let Ok(stream) = out_body.write() {
-            let _ = stream.blocking_write_and_flush(body.as_bytes());
+            let (first, rest) = body.split_at(body.len().min(WRITE_CHUNK));
+            if !write_all(&stream, first) {
+                return;
+            }
+            if panic_after_head {
+                panic!("failing after the response head, on purpose");
+            }
+            if stall_ms > 0 {
+                wasip2::clocks::monotonic_clock::subscribe_duration(stall_ms * 1_000_000).block();
+            }
+            if !write_all(&stream, rest) {
+                return;
+            }
         }
         let _ = OutgoingBody::finish(out_body, None);
     }

@@ -22,6 +22,13 @@ mod bindings {
 }
 
 use bindings::wasi::clocks0_2_0::wall_clock::Datetime;
+
+/// The `wasi:otel` interfaces themselves, for what the helpers here do not
+/// cover (spans with given ids and times, pre-aggregated metrics).
+pub mod raw {
+    pub use crate::bindings::wasi::clocks0_2_0::wall_clock::Datetime;
+    pub use crate::bindings::wasi::otel::{logs, metrics, tracing, types};
+}
 use bindings::wasi::otel::{logs, metrics as wm, tracing as wt, types};
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};

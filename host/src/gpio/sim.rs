@@ -96,19 +96,28 @@ impl SimBoard {
             if before == (state.level, state.duty) {
                 return Ok(());
             }
-            Event {
-                seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-                time_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                pin,
-                label: state.label.clone(),
-                component: state.component.clone(),
-                level: state.level,
-                duty: state.duty,
-            }
+            self.event(state)
         };
+        self.record(event);
+        Ok(())
+    }
+
+    fn event(&self, state: &PinState) -> Event {
+        Event {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            pin: state.pin,
+            label: state.label.clone(),
+            component: state.component.clone(),
+            level: state.level,
+            duty: state.duty,
+        }
+    }
+
+    fn record(&self, event: Event) {
         if let Ok(mut h) = self.history.lock() {
             if h.len() == HISTORY {
                 h.pop_front();
@@ -117,7 +126,6 @@ impl SimBoard {
         }
         // Nobody watching is fine.
         let _ = self.events.send(event);
-        Ok(())
     }
 }
 
@@ -135,23 +143,27 @@ impl Board for SimBoard {
             Pull::Up => Level::High,
             _ => Level::Low,
         };
-        pins.insert(
-            p.pin,
-            PinState {
-                pin: p.pin,
-                label: p.label.to_string(),
-                component: p.component.to_string(),
-                mode: p.mode,
-                pull: p.pull,
-                level: if p.mode == PinMode::Input {
-                    input_level
-                } else {
-                    p.safe
-                },
-                duty: 0.0,
-                frequency_hz: p.frequency_hz,
+        let state = PinState {
+            pin: p.pin,
+            label: p.label.to_string(),
+            component: p.component.to_string(),
+            mode: p.mode,
+            pull: p.pull,
+            level: if p.mode == PinMode::Input {
+                input_level
+            } else {
+                p.safe
             },
-        );
+            duty: 0.0,
+            frequency_hz: p.frequency_hz,
+        };
+        // Set up again (its grant changed): the change is an event, like any.
+        let event = pins.contains_key(&p.pin).then(|| self.event(&state));
+        pins.insert(p.pin, state);
+        drop(pins);
+        if let Some(e) = event {
+            self.record(e);
+        }
         Ok(())
     }
 

@@ -209,6 +209,9 @@ pub struct Metrics {
     pub request_duration: Family<Histogram>,
     /// `http.server.active_requests` by component: what KEDA scales on.
     pub active_requests: Family<Gauge>,
+    /// Instances alive, by component: requests being served, response
+    /// bodies still being sent included (what the pool and each share bound).
+    pub instances: Family<Gauge>,
     /// Time to create a fresh instance, by component.
     pub instantiation: Family<Histogram>,
     /// Guest failures by component and reason (trap, timeout, ...).
@@ -320,6 +323,7 @@ impl Metrics {
         Metrics {
             request_duration: Family::new(ROUTE_LABELS, || Histogram::new(HTTP_BUCKETS)),
             active_requests: Family::new(&["component"], Gauge::default),
+            instances: Family::new(&["component"], Gauge::default),
             instantiation: Family::new(&["component"], || Histogram::new(INSTANTIATION_BUCKETS)),
             guest_failures: Family::new(&["component", "reason"], Counter::default),
             guest_memory_peak: Family::new(&["component"], Gauge::default),
@@ -476,16 +480,15 @@ impl Metrics {
                     let Some(n) = counts.iter().try_fold(0u64, |a, c| a.checked_add(*c)) else {
                         return false;
                     };
-                    let merged: Option<Vec<u64>> = h
-                        .1
-                        .counts
-                        .iter()
-                        .zip(counts)
-                        .map(|(c, n)| c.checked_add(*n))
-                        .collect();
-                    let Some(merged) = merged.filter(|m| {
-                        m.iter().try_fold(0u64, |a, c| a.checked_add(*c)).is_some()
-                    }) else {
+                    let merged: Option<Vec<u64>> =
+                        h.1.counts
+                            .iter()
+                            .zip(counts)
+                            .map(|(c, n)| c.checked_add(*n))
+                            .collect();
+                    let Some(merged) = merged
+                        .filter(|m| m.iter().try_fold(0u64, |a, c| a.checked_add(*c)).is_some())
+                    else {
                         return false;
                     };
                     if !sum.is_finite() {
@@ -539,6 +542,14 @@ impl Metrics {
                 "Number of active HTTP server requests.",
                 Kind::Gauge,
                 self.active_requests.series(Gauge::point),
+            ),
+            FamilySnapshot::of(
+                "gantry_instances",
+                "gantry.instances",
+                "{instance}",
+                "Instances alive (requests in flight, response bodies still being sent included).",
+                Kind::Gauge,
+                self.instances.series(Gauge::point),
             ),
             FamilySnapshot::of(
                 "gantry_instantiation_duration_seconds",

@@ -52,7 +52,12 @@ impl RateLimit {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let seen = self.second.load(Relaxed);
-        if seen != now && self.second.compare_exchange(seen, now, Relaxed, Relaxed).is_ok() {
+        if seen != now
+            && self
+                .second
+                .compare_exchange(seen, now, Relaxed, Relaxed)
+                .is_ok()
+        {
             self.used.store(0, Relaxed);
         }
         if self.used.fetch_add(1, Relaxed) < self.per_second {

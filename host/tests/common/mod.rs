@@ -4,6 +4,7 @@
 
 pub mod collector;
 pub mod otlp;
+pub mod raw;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -288,4 +289,38 @@ pub fn write_manifest(text: &str) -> (tempfile::TempDir, PathBuf) {
     let text = text.replace("{wasm}", &wasm_dir().display().to_string());
     std::fs::write(&path, text).expect("write manifest");
     (dir, path)
+}
+
+/// Runs `gantry` with `args` (and `env`), which must fail within 30 s: its
+/// exit code (`None` for a signal) and its stderr. A gantry still running
+/// after that is killed and the test fails.
+pub fn gantry_fails<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(gantry_bin());
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn gantry");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            assert!(
+                !status.success(),
+                "gantry {args:?} succeeded; stderr:\n{err}"
+            );
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gantry {args:?} was still running after 30 s: it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
