@@ -120,7 +120,12 @@ pub struct UpArgs {
     pub request_timeout: Duration,
 
     /// Largest linear memory one instance may use (e.g. 128MiB; 64KiB to 4GiB).
-    #[arg(long, default_value = "128MiB", value_parser = parse_instance_memory)]
+    #[arg(
+        long,
+        default_value = "128MiB",
+        env = "GANTRY_MAX_INSTANCE_MEMORY",
+        value_parser = parse_instance_memory
+    )]
     pub max_instance_memory: u64,
 
     /// Largest request body accepted; larger ones get 413 (e.g. 10MiB).
@@ -130,7 +135,7 @@ pub struct UpArgs {
     /// Most instances alive at once (requests in flight); beyond it, 503.
     /// Default: 128, or fewer where --memory-budget holds fewer instances of
     /// --max-instance-memory.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MAX_POOL as i64))]
+    #[arg(long, env = "GANTRY_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=MAX_POOL as i64))]
     pub pool_size: Option<u32>,
 
     /// Memory all instances together may use: the pool must fit in it

@@ -213,24 +213,34 @@ async fn a_manifest_reload_keeps_the_pins_of_unchanged_grants() {
 /// A component of `depth` components nested one in the other.
 fn nested_component(depth: usize) -> Vec<u8> {
     const HEADER: [u8; 8] = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
-    let mut inner = HEADER.to_vec();
-    for _ in 0..depth {
-        let mut outer = HEADER.to_vec();
-        outer.push(4); // a nested component section
-        let mut len = inner.len();
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                outer.push(byte);
-                break;
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
             }
-            outer.push(byte | 0x80);
+            out.push(byte | 0x80);
         }
-        outer.extend_from_slice(&inner);
-        inner = outer;
     }
-    inner
+    // Sizes from the innermost out, then the bytes from the outermost in.
+    let mut sizes = vec![HEADER.len()];
+    let mut scratch = Vec::new();
+    for _ in 0..depth {
+        let inner = sizes[sizes.len() - 1];
+        scratch.clear();
+        leb(inner, &mut scratch);
+        sizes.push(HEADER.len() + 1 + scratch.len() + inner);
+    }
+    let mut out = Vec::with_capacity(sizes[depth]);
+    for level in (1..=depth).rev() {
+        out.extend_from_slice(&HEADER);
+        out.push(4); // a nested component section
+        leb(sizes[level - 1], &mut out);
+    }
+    out.extend_from_slice(&HEADER);
+    out
 }
 
 #[test]
@@ -248,7 +258,7 @@ component = "deep"
 source = "deep.wasm"
 "#,
     );
-    std::fs::write(dir.path().join("deep.wasm"), nested_component(100_000)).expect("write");
+    std::fs::write(dir.path().join("deep.wasm"), nested_component(1_000_000)).expect("write");
     let m = manifest.to_str().expect("path");
     for args in [
         vec![
