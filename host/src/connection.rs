@@ -17,6 +17,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::instance::BodyWatch;
 
+mod framing;
+
 /// The timeouts every connection of the application listener gets.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -84,6 +86,10 @@ pub struct GuardedStream {
     /// HTTP/2 (seen from the preface): its frames between requests (pings,
     /// settings) are not a request head, so only the idle bound applies.
     h2: Option<bool>,
+    framing: framing::Framing,
+    /// The rest of [`framing::REFUSAL`] still to give the parser, once a
+    /// head was found with a bare LF; after it the stream ends.
+    refusal: Option<&'static [u8]>,
     read_timer: Option<(Instant, Pin<Box<Sleep>>)>,
     write_timer: Option<Pin<Box<Sleep>>>,
 }
@@ -98,6 +104,8 @@ impl GuardedStream {
             limits,
             waiting: Waiting::Idle,
             h2: None,
+            framing: framing::Framing::default(),
+            refusal: None,
             read_timer: None,
             write_timer: None,
         }
@@ -187,14 +195,30 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(rest) = self.refusal {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.refusal = Some(&rest[n..]);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let filled = buf.filled();
-                let new = &filled[before..];
+                let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    let first: Vec<u8> = new[..new.len().min(H2_PREFACE.len())].to_vec();
-                    self.bytes_read(&first);
+                    let mut first = [0u8; H2_PREFACE.len()];
+                    let n = new.len().min(first.len());
+                    first[..n].copy_from_slice(&new[..n]);
+                    let bare_lf = self.framing.scan(new);
+                    self.bytes_read(&first[..n]);
+                    if let Some(at) = bare_lf {
+                        tracing::debug!("request refused: a bare LF ends a line of its head");
+                        buf.set_filled(before + at);
+                        let rest = framing::REFUSAL;
+                        let n = rest.len().min(buf.remaining());
+                        buf.put_slice(&rest[..n]);
+                        self.refusal = Some(&rest[n..]);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }

@@ -616,6 +616,109 @@ async fn requests_without_one_valid_host_are_refused() {
     );
 }
 
+/// Every response on one connection: its statuses, read until it closes.
+async fn statuses_until_closed(s: &mut tokio::net::TcpStream) -> Vec<u16> {
+    let mut out = Vec::new();
+    loop {
+        let head = tokio::time::timeout(Duration::from_secs(10), read_head(s))
+            .await
+            .expect("a response or the end within 10 s");
+        if head.is_empty() {
+            return out;
+        }
+        out.push(status_of(&head));
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked");
+        if !(if chunked {
+            skip_chunked(s).await
+        } else {
+            skip(s, length).await
+        }) {
+            return out;
+        }
+    }
+}
+
+async fn skip(s: &mut tokio::net::TcpStream, n: usize) -> bool {
+    let mut body = vec![0u8; n];
+    tokio::io::AsyncReadExt::read_exact(s, &mut body)
+        .await
+        .is_ok()
+}
+
+/// Reads a chunked body to its end; `false` if the connection ended first.
+async fn skip_chunked(s: &mut tokio::net::TcpStream) -> bool {
+    loop {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            let mut b = [0u8; 1];
+            match tokio::io::AsyncReadExt::read(s, &mut b).await {
+                Ok(1) => line.push(b[0]),
+                _ => return false,
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        let Ok(size) = usize::from_str_radix(text.trim(), 16) else {
+            return false;
+        };
+        if !skip(s, size + 2).await {
+            return false;
+        }
+        if size == 0 {
+            return true;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bare_lf_heads_are_refused_pipelined_or_not_and_bodies_keep_theirs() {
+    wasm("alpha");
+    let (_dir, manifest) = stall_and_alpha(1000);
+    let g = Gantry::start(&manifest, &[]);
+    let ok = "GET /alpha HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let last = "GET /alpha HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let cases: Vec<(String, Vec<u16>)> = vec![
+        ("GET /alpha HTTP/1.1\nHost: 127.0.0.1\n\n".into(), vec![400]),
+        (
+            "GET /alpha HTTP/1.1\r\nHost: 127.0.0.1\n\r\n".into(),
+            vec![400],
+        ),
+        (
+            format!("{ok}GET /alpha HTTP/1.1\nHost: 127.0.0.1\n\n{ok}"),
+            vec![200, 400],
+        ),
+        (format!("{ok}{ok}{last}"), vec![200, 200, 200]),
+        (
+            format!(
+                "POST /alpha HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 6\r\n\r\na\nb\n\n\n{last}"
+            ),
+            vec![200, 200],
+        ),
+        (
+            format!(
+                "POST /alpha HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 4\r\n\n\n\n\n\r\n0\r\n\r\n{last}"
+            ),
+            vec![200, 200],
+        ),
+    ];
+    for (request, want) in cases {
+        let mut s = connect_and_send(g.addr, request.as_bytes()).await;
+        let got = statuses_until_closed(&mut s).await;
+        assert_eq!(got, want, "{request:?}");
+    }
+    alpha_answers(&g, 3).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_does_not_wait_for_half_sent_heads_or_a_mute_collector() {
     wasm("alpha");
