@@ -206,11 +206,8 @@ impl AsyncRead for GuardedStream {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    let mut first = [0u8; H2_PREFACE.len()];
-                    let n = new.len().min(first.len());
-                    first[..n].copy_from_slice(&new[..n]);
                     let bare_lf = self.framing.scan(new);
-                    self.bytes_read(&first[..n]);
+                    self.bytes_read(new);
                     if let Some(at) = bare_lf {
                         tracing::debug!("request refused: a bare LF ends a line of its head");
                         buf.set_filled(before + at);

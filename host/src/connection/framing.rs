@@ -154,13 +154,20 @@ impl Framing {
             self.line_len += 1;
             return;
         }
-        // A line ended (its CR is the last byte kept).
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
+        // A line ended (its CR is the last byte kept); its buffer is kept
+        // for the next line.
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
         }
         let whole = self.line_len <= LINE_KEEP;
         self.line_len = 0;
+        let line = std::mem::take(&mut self.line);
+        self.line_ended(&line, whole, trailers);
+        self.line = line;
+        self.line.clear();
+    }
+
+    fn line_ended(&mut self, line: &[u8], whole: bool, trailers: bool) {
         if line.is_empty() {
             if self.lines == 0 && !trailers {
                 // Empty lines before a request line are skipped.
