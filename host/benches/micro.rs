@@ -40,7 +40,7 @@ use gantry::telemetry::trace::Tracing;
 // host state are allocated and freed on every request, so the figures must
 // come from the same allocator.
 #[global_allocator]
-static ALLOCATOR: gantry::allocator::Allocator = gantry::allocator::Allocator;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6

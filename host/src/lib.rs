@@ -7,7 +7,6 @@
 //! and holds the live components; `admin` is the operator's listener.
 
 pub mod admin;
-pub mod allocator;
 pub mod builder;
 pub mod capabilities;
 pub mod cli;
