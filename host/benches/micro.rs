@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-use gantry::capabilities::gpio::GpioHost;
+use gantry::capabilities::{Settings, Shared};
 use gantry::instance::{TraceHandle, instantiate_only};
 use gantry::router::Router;
 use gantry::runtime::{Runtime, RuntimeConfig, load_app};
@@ -97,7 +97,11 @@ source = "{wasm}/hello.wasm"
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(Tracing::disabled());
     let board = gantry::gpio::open(gantry::gpio::Backend::Sim).expect("sim board");
-    let gpio = Arc::new(GpioHost::new(board, metrics.clone()));
+    let shared = Shared::new(&Settings {
+        metrics: metrics.clone(),
+        board,
+    })
+    .expect("capabilities");
     for slot in &live.slots {
         let version = slot.current.load_full();
         let run = |n: usize| {
@@ -112,15 +116,10 @@ source = "{wasm}/hello.wasm"
                         cx: opentelemetry::Context::new(),
                     };
                     let started = Instant::now();
-                    let took = instantiate_only(
-                        &version.loaded,
-                        &version.caps,
-                        128 << 20,
-                        trace,
-                        gpio.clone(),
-                    )
-                    .await
-                    .expect("instantiate");
+                    let took =
+                        instantiate_only(&version.loaded, &version.caps, &shared, 128 << 20, trace)
+                            .await
+                            .expect("instantiate");
                     whole.push(micros(started.elapsed()));
                     store.push(micros(took.store));
                     inst.push(micros(took.store + took.instance));
@@ -566,12 +565,4 @@ fn main() {
     start_up();
     println!();
     many_components();
-    // Whether this kernel's PAGEMAP_SCAN names only the pages a guest wrote:
-    // it decides how much of each kept-resident memory a release zeroes.
-    println!(
-        "\nPAGEMAP_SCAN (probed as at start: 8 pages mapped, 1 written, 1 read): {}; \
-         with Gantry's write tracking (userfaultfd): {}",
-        gantry::pagemap::scan(),
-        gantry::pagemap::tracked_scan()
-    );
 }

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::{self, AdminState};
-use crate::capabilities::gpio::GpioHost;
+use crate::capabilities;
 use crate::gpio;
 use crate::manifest::{self, App};
 use crate::runtime::{self, LiveApp, Runtime, RuntimeConfig};
@@ -167,22 +167,11 @@ pub struct UpArgs {
     pub write_timeout: Duration,
 
     /// How much of each pooled instance's memory stays resident between
-    /// requests, reset in place instead of handed back to the kernel: no
-    /// madvise, no cross-CPU TLB flush and no page faults on the next
-    /// request, at the price of up to this much RSS per instance slot
-    /// (0: keep nothing). Only pages a guest wrote are zeroed where the
-    /// kernel's PAGEMAP_SCAN is exact (checked at start), else the whole
-    /// kept memory. Default: 2MiB on Linux, else 0.
+    /// requests, reset in place instead of handed back to the kernel, at
+    /// the price of up to this much RSS per instance slot (0: keep
+    /// nothing). Default: 2MiB on Linux, else 0.
     #[arg(long, env = "GANTRY_POOL_KEEP_RESIDENT", value_parser = parse_size)]
     pub pool_keep_resident: Option<u64>,
-
-    /// Do not track which kept pages guests write. Where PAGEMAP_SCAN alone
-    /// cannot tell (checked at start), Gantry registers the pool's memory
-    /// with a userfaultfd and write-protects it before first use, so that a
-    /// release zeroes only the pages the guest wrote; this turns that off
-    /// (the whole kept memory is zeroed instead).
-    #[arg(long, env = "GANTRY_NO_WRITE_TRACKING")]
-    pub no_write_tracking: bool,
 
     /// How an instance's memory gets its initial contents: `copy` the data
     /// segments in, map the image copy-on-write (`cow`), or `auto`: copy when
@@ -226,7 +215,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
-    if !crate::capabilities::variables::is_valid_name(k) {
+    if !crate::manifest::is_valid_name(k) {
         return Err(format!("{k:?} is not a valid variable name"));
     }
     Ok((k.to_string(), v.to_string()))
@@ -359,7 +348,6 @@ fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool
         pooling,
         keep_resident: 0,
         memory_init_cow: true,
-        track_writes: true,
         plain_engine: true,
     }
 }
@@ -483,7 +471,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let board = gpio::open(args.gpio)?;
     let metrics = Arc::new(Metrics::new());
     let tracer = Arc::new(Tracing::init(&metrics)?);
-    let gpio_host = Arc::new(GpioHost::new(board.clone(), metrics.clone()));
+    let shared = Arc::new(capabilities::Shared::new(&capabilities::Settings {
+        metrics: metrics.clone(),
+        board: board.clone(),
+    })?);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         board: Some(board),
@@ -517,13 +508,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         largest_data = data_sizes.iter().flatten().max().copied().unwrap_or(0),
         copy_on_write = memory_init_cow,
         keep_resident,
-        pagemap_scan = %crate::pagemap::scan(),
         "instance memory initialisation"
     );
     let config = RuntimeConfig {
         keep_resident,
         memory_init_cow,
-        track_writes: !args.no_write_tracking,
         plain_engine: !args.one_engine,
         ..runtime_config(
             &args.app,
@@ -543,7 +532,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(config)?);
     let live = load_live(&runtime, app, &args.app)?;
     for (id, spec) in &live.app.components {
-        gpio_host.claim(id, &spec.gpio)?;
+        shared.claim(id, spec)?;
     }
     let cached = live
         .slots
@@ -585,7 +574,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
                 write: args.write_timeout,
             },
         },
-        gpio_host,
+        shared,
     ));
     let metrics_export = MetricsExport::start(metrics_handle)?;
     let swapper = Arc::new(Swapper::new(

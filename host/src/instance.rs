@@ -16,156 +16,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use http_body::{Body, Frame, SizeHint};
-use wasmtime::component::{
-    Accessor, ComponentNamedList, Lift, Lower, Resource, ResourceTable, TypedFunc,
-};
+use wasmtime::component::{Accessor, ComponentNamedList, Lift, Lower, Resource, TypedFunc};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types as p2_types;
 use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
-use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtxView, WasiHttpView};
 
-use crate::capabilities::ComponentCaps;
-use crate::capabilities::gpio::{GpioHost, GpioState, GpioView};
-use crate::capabilities::otel::{GuestTelemetry, OtelView};
-use crate::capabilities::outbound_http::OutboundHooks;
-use crate::capabilities::stdio::GuestOutput;
-use crate::capabilities::variables::ComponentVariables;
+pub use crate::capabilities::TraceHandle;
+use crate::capabilities::{ComponentCaps, HostState, Shared};
 use crate::runtime::{HandlerPre, HttpWorld, LoadedComponent};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::Tracing;
-
-/// Everything a guest's host calls can reach, for one request.
-pub struct HostState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    hooks: OutboundHooks,
-    limits: MemoryLimiter,
-    pub(crate) variables: ComponentVariables,
-    gpio: GpioState,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for HostState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.hooks,
-        }
-    }
-}
 
 fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
     state.http()
-}
-
-impl HostState {
-    pub(crate) fn otel(&mut self) -> OtelView<'_> {
-        OtelView(&mut self.hooks.guest)
-    }
-
-    pub(crate) fn gpio(&mut self) -> GpioView<'_> {
-        GpioView(&mut self.gpio)
-    }
-}
-
-impl HostState {
-    fn new(caps: &ComponentCaps, max_memory: u64, trace: TraceHandle, gpio: Arc<GpioHost>) -> Self {
-        let mut wasi = WasiCtxBuilder::new();
-        let span = {
-            use opentelemetry::trace::TraceContextExt;
-            trace.cx.span().span_context().clone()
-        };
-        let output = |stream| GuestOutput {
-            component: caps.id.clone(),
-            stream,
-            span: span.clone(),
-            tracing: trace.tracing.clone(),
-        };
-        // Granted, never ambient: no sockets, no name lookups, no files, and
-        // only the environment the manifest gives. Output goes to the host
-        // log, attributed to the component and the request.
-        wasi.allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .stdout(output("stdout"))
-            .stderr(output("stderr"))
-            .envs(&caps.environment);
-        HostState {
-            wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: {
-                let mut t = ResourceTable::new();
-                t.set_max_capacity(MAX_RESOURCES);
-                t
-            },
-            hooks: OutboundHooks {
-                component: caps.id.clone(),
-                policy: caps.outbound.clone(),
-                propagate: caps.propagate_trace_context,
-                guest: GuestTelemetry::new(caps.id.clone(), trace.tracing, trace.metrics, trace.cx),
-            },
-            limits: MemoryLimiter {
-                max: usize::try_from(max_memory).unwrap_or(usize::MAX),
-                peak: 0,
-            },
-            variables: caps.variables.clone(),
-            gpio: GpioState::new(gpio, caps.gpio.clone(), caps.id.clone()),
-        }
-    }
-}
-
-/// Most host resources (streams, fields, bodies, pollables...) one instance
-/// may hold at once: past it a new one fails in the guest instead of growing
-/// host memory that the instance's memory limit does not see.
-pub const MAX_RESOURCES: usize = 16_384;
-
-/// The request's telemetry: tracer, metrics and the server span's context.
-pub struct TraceHandle {
-    pub tracing: Arc<Tracing>,
-    pub metrics: Arc<Metrics>,
-    pub cx: opentelemetry::Context,
-}
-
-/// Caps linear memory and remembers the largest size an instance asked for.
-struct MemoryLimiter {
-    max: usize,
-    peak: usize,
-}
-
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            return Ok(false);
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any sane guest.
-        Ok(desired <= 1 << 20)
-    }
 }
 
 /// How a request failed inside the guest; the server maps each to a status.
@@ -195,7 +58,8 @@ pub struct Call {
     /// Where the response body's deadline is watched: the connection's.
     pub watch: Arc<BodyWatch>,
     pub trace: TraceHandle,
-    pub gpio: Arc<GpioHost>,
+    /// The capabilities' app-wide state.
+    pub shared: Arc<Shared>,
 }
 
 /// Calls the component's handler for one request.
@@ -211,13 +75,13 @@ pub async fn invoke(
         permit,
         watch,
         trace,
-        gpio,
+        shared,
     } = call;
     let deadline = Instant::now() + timeout;
     let metrics = trace.metrics.clone();
     let body_metrics = trace.metrics.clone();
     let engine = loaded.handler.component().engine();
-    let mut store = new_store(engine, &caps, max_memory, trace, gpio, deadline);
+    let mut store = new_store(engine, &caps, &shared, max_memory, trace, deadline);
 
     let (tx, rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -266,7 +130,7 @@ pub async fn invoke(
                 Err(e) => Ok(Err(e)),
             }
         };
-        let peak = store.data().limits.peak;
+        let peak = store.data().memory_peak();
         metrics
             .guest_memory_peak
             .with(&[&loaded.id])
@@ -359,13 +223,13 @@ enum Head {
 fn new_store(
     engine: &Engine,
     caps: &ComponentCaps,
+    shared: &Shared,
     max_memory: u64,
     trace: TraceHandle,
-    gpio: Arc<GpioHost>,
     deadline: Instant,
 ) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(caps, max_memory, trace, gpio));
-    store.limiter(|s| &mut s.limits as &mut dyn wasmtime::ResourceLimiter);
+    let mut store = Store::new(engine, HostState::new(caps, shared, max_memory, trace));
+    store.limiter(HostState::limiter);
     // Every tick, a guest that is running yields to the executor (so one busy
     // guest cannot starve others on its thread) and past its deadline traps.
     store.set_epoch_deadline(1);
@@ -414,40 +278,26 @@ impl HandlerPre {
             wasmtime::format_err!("the component's `handle` export is not a function")
         })?;
         Ok(match self.world {
-            HttpWorld::P2 => Handler::P2(self.typed(store, func)?),
-            HttpWorld::P3 => Handler::P3(self.typed(store, func)?),
+            HttpWorld::P2 => Handler::P2(self.typed(func)),
+            HttpWorld::P3 => Handler::P3(self.typed(func)),
         })
     }
 
-    /// `func` with the signature the host calls it with: checked by wasmtime
-    /// on the first instance, taken as checked on the others.
-    fn typed<P, R>(
-        &self,
-        store: &Store<HostState>,
-        func: wasmtime::component::Func,
-    ) -> wasmtime::Result<TypedFunc<P, R>>
+    /// `func` with the signature the host calls it with, as checked at load.
+    fn typed<P, R>(&self, func: wasmtime::component::Func) -> TypedFunc<P, R>
     where
         P: ComponentNamedList + Lower,
         R: ComponentNamedList + Lift,
     {
-        if self.checked.load(Ordering::Acquire) {
-            // SAFETY: `func` is the export at `self.handle` of an instance of
-            // `self.pre`, and the same export of an earlier instance of
-            // `self.pre` passed `Func::typed` with these `P` and `R` (only
-            // this function sets `checked`, right after that check). All
-            // instances of one `InstancePre` share its component and its
-            // linker's definitions, host resource types included, so they
-            // give that export the same type.
-            return Ok(unsafe { TypedFunc::new_unchecked(func) });
-        }
-        let typed = func.typed::<P, R>(store).map_err(|e| {
-            e.context(format!(
-                "the {} handler's `handle` export is not of the type the host calls",
-                self.world
-            ))
-        })?;
-        self.checked.store(true, Ordering::Release);
-        Ok(typed)
+        // SAFETY: `func` is the export at `self.handle` of an instance of
+        // `self.pre`, whose type wasmtime-wasi-http's `ProxyPre::new` (0.2)
+        // or `ServicePre::new` (0.3) checked at load against these `P` and
+        // `R`, with the instance type of `self.pre` (`HandlerPre::new`): the
+        // check wasmtime's generated bindings rely on for their own
+        // unchecked calls. All instances of one `InstancePre` share its
+        // component and its linker's definitions, host resource types
+        // included, so they give that export the same type.
+        unsafe { TypedFunc::new_unchecked(func) }
     }
 }
 
@@ -626,14 +476,14 @@ fn take_sender(slot: &std::sync::Mutex<Option<HeadSender>>) -> Option<HeadSender
 pub async fn instantiate_only(
     loaded: &LoadedComponent,
     caps: &ComponentCaps,
+    shared: &Shared,
     max_memory: u64,
     trace: TraceHandle,
-    gpio: Arc<GpioHost>,
 ) -> Result<SetUpTimes, InvokeError> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(10);
     let engine = loaded.handler.component().engine();
-    let mut store = new_store(engine, caps, max_memory, trace, gpio, deadline);
+    let mut store = new_store(engine, caps, shared, max_memory, trace, deadline);
     let store_ready = Instant::now();
     loaded
         .handler
@@ -652,8 +502,8 @@ pub async fn instantiate_only(
 /// The two halves of a request's set-up, as [`instantiate_only`] timed them.
 #[derive(Debug, Clone, Copy)]
 pub struct SetUpTimes {
-    /// The store with the request's host state (WASI context, tables, limits,
-    /// telemetry handles, GPIO grants).
+    /// The store with the request's host state (every capability's instance
+    /// state, the resource table, limits).
     pub store: Duration,
     /// wasmtime's instantiation of the component in that store.
     pub instance: Duration,

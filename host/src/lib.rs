@@ -14,7 +14,6 @@ pub mod connection;
 pub mod gpio;
 pub mod instance;
 pub mod manifest;
-pub mod pagemap;
 pub mod router;
 pub mod runtime;
 pub mod server;

@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 mod gpio;
+mod outbound_hosts;
+mod template;
 pub use gpio::{GpioGrant, MAX_BCM};
-
-use crate::capabilities::outbound_http::HostPattern;
-use crate::capabilities::variables::{self, Template};
+pub use outbound_hosts::{HostPattern, OTHER, default_port};
+pub use template::{Template, is_valid_name};
 
 /// Where in the manifest something was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -543,7 +544,7 @@ impl<'a> Ctx<'a> {
         let mut vars = BTreeMap::new();
         for (key, value) in raw.variables {
             let field = format!("variables.{}", key.get_ref());
-            if !variables::is_valid_name(key.get_ref()) {
+            if !is_valid_name(key.get_ref()) {
                 errors.push(self.error_at(
                     key.span(),
                     Some(&field),
@@ -762,7 +763,7 @@ impl<'a> Ctx<'a> {
         let mut comp_vars = BTreeMap::new();
         for (k, v) in raw.variables {
             let field = format!("{base}.variables.{}", k.get_ref());
-            if !variables::is_valid_name(k.get_ref()) {
+            if !is_valid_name(k.get_ref()) {
                 errors.push(self.error_at(
                     k.span(),
                     Some(&field),

@@ -27,7 +27,7 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capabilities::ComponentCaps;
-use crate::instance::HostState;
+use crate::capabilities::HostState;
 use crate::manifest::{App, Location};
 use crate::router::Router;
 use crate::telemetry::trace::FixedAttributes;
@@ -53,10 +53,6 @@ pub struct RuntimeConfig {
     /// Map each instance's initial memory copy-on-write from the compiled
     /// image (true) or copy the data segments in (false); see `MemoryInit`.
     pub memory_init_cow: bool,
-    /// Track which pages of the pool's memory guests write (userfaultfd),
-    /// where the kernel's `PAGEMAP_SCAN` alone cannot tell; see
-    /// `pagemap::WriteTracker` and `--no-write-tracking`.
-    pub track_writes: bool,
     /// Serve WASI 0.2 components from a second engine without concurrency
     /// support (see `Runtime::plain`); see `--one-engine`.
     pub plain_engine: bool,
@@ -135,7 +131,6 @@ impl Default for RuntimeConfig {
             pooling: true,
             keep_resident: default_keep_resident(),
             memory_init_cow: true,
-            track_writes: true,
             plain_engine: true,
         }
     }
@@ -192,6 +187,14 @@ pub enum ComponentError {
         "{path} exports no HTTP handler: expected `wasi:http/incoming-handler@0.2.x` or `wasi:http/handler@0.3.x`"
     )]
     NoHandler { path: PathBuf },
+    #[error(
+        "{path}: its HTTP handler `{interface}#handle` is not of the type the host calls: {reason}"
+    )]
+    HandlerType {
+        path: PathBuf,
+        interface: &'static str,
+        reason: String,
+    },
 }
 
 /// `sha256:<hex>` of a component's bytes: what identifies a version.
@@ -205,22 +208,17 @@ const P2_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
 const P3_HANDLER: &str = "wasi:http/handler@0.3.0";
 
 /// A linked component and where its HTTP handler sits among its exports,
-/// both found once when the component is loaded. Each request instantiates
-/// it and takes the handler by that index (`HandlerPre::instantiate`, in
-/// `instance`), where wasmtime-wasi-http's bindings looked the export up by
-/// name and checked its type again on every instance: 2.3k instructions of
-/// the 105.7k an instantiation cost (callgrind over the micro bench).
+/// both found once when the component is loaded, the handler's type checked
+/// then by wasmtime-wasi-http's own `ProxyPre` (0.2) or `ServicePre` (0.3).
+/// Each request instantiates it and takes the handler by that index
+/// (`HandlerPre::instantiate`, in `instance`), without the name lookup and
+/// the second type check the bindings' `load` does on every instance.
 pub struct HandlerPre {
     pub(crate) pre: InstancePre<HostState>,
     /// The `handle` function of `wasi:http/incoming-handler@0.2.x` (P2) or
     /// of `wasi:http/handler@0.3.x` (P3), as `world` says.
     pub(crate) handle: ComponentExportIndex,
     pub(crate) world: HttpWorld,
-    /// Set once an instance's `handle` has passed wasmtime's full type check
-    /// against the signature the host calls it with. Every instance of `pre`
-    /// has the same component and the same linker, so the same types: later
-    /// instances skip the check.
-    pub(crate) checked: AtomicBool,
     /// Whether the component's engine has concurrency support. Without it
     /// (the plain engine, 0.2 only) the handler is called directly rather
     /// than inside `Store::run_concurrent`, which such an engine refuses.
@@ -231,25 +229,38 @@ impl HandlerPre {
     /// The handler export of `pre`'s component, looked up by the names
     /// wasmtime-wasi-http's bindings use (wasmtime matches any
     /// semver-compatible version): `wasi:http/incoming-handler` 0.2 first,
-    /// else `wasi:http/handler` 0.3; `None` when it exports neither with a
-    /// `handle` in it.
-    fn new(pre: InstancePre<HostState>, concurrent: bool) -> Option<HandlerPre> {
+    /// else `wasi:http/handler` 0.3, and type-checked by those bindings.
+    /// `Ok(None)` when it exports neither with a `handle` in it; an error
+    /// (the checker's reason) when the `handle` it exports has another type.
+    fn new(
+        pre: InstancePre<HostState>,
+        concurrent: bool,
+    ) -> Result<Option<HandlerPre>, (&'static str, String)> {
         let component = pre.component();
         let find = |interface: &str| {
             let instance = component.get_export_index(None, interface)?;
             component.get_export_index(Some(&instance), "handle")
         };
-        let (handle, world) = match find(P2_HANDLER) {
-            Some(h) => (h, HttpWorld::P2),
-            None => (find(P3_HANDLER)?, HttpWorld::P3),
+        let (handle, world) = match (find(P2_HANDLER), find(P3_HANDLER)) {
+            (Some(h), _) => (h, HttpWorld::P2),
+            (None, Some(h)) => (h, HttpWorld::P3),
+            (None, None) => return Ok(None),
         };
-        Some(HandlerPre {
+        let checked = match world {
+            HttpWorld::P2 => wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone())
+                .map(drop)
+                .map_err(|e| (P2_HANDLER, format!("{e:#}"))),
+            HttpWorld::P3 => wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone())
+                .map(drop)
+                .map_err(|e| (P3_HANDLER, format!("{e:#}"))),
+        };
+        checked?;
+        Ok(Some(HandlerPre {
             pre,
             handle,
             world,
-            checked: AtomicBool::new(false),
             concurrent,
-        })
+        }))
     }
 
     /// The linked component.
@@ -337,9 +348,6 @@ struct EngineUnit {
     /// Whether `engine` has concurrency support (it then serves 0.3 too).
     concurrent: bool,
     pooling: bool,
-    /// The pool's write tracking, held only to keep it alive as long as the
-    /// engine; `None` where the kernel needs none or it could not be set up.
-    _write_tracking: Option<crate::pagemap::WriteTracker>,
 }
 
 impl Drop for Runtime {
@@ -358,68 +366,14 @@ impl EngineUnit {
         stop_ticker: &Arc<AtomicBool>,
     ) -> anyhow::Result<EngineUnit> {
         let mut pooling = false;
-        let mut write_tracking = None;
         let engine = if config.pooling {
             let need = pool_reservation_bytes(config);
             if probe_address_space(need) {
-                let exact = crate::pagemap::scan() == crate::pagemap::Scan::Exact;
-                let slab = if exact || config.keep_resident == 0 || !config.track_writes {
-                    None
-                } else if crate::pagemap::tracked_scan() == crate::pagemap::Scan::Exact {
-                    MemorySlab::of(config)
-                } else {
-                    tracing::debug!(
-                        "no write tracking: the tracked probe found {}",
-                        crate::pagemap::tracked_scan()
-                    );
-                    None
-                };
-                // One engine at a time in this process from here to the end
-                // of `track`: the one new reservation of the slab's size is
-                // then this engine's, never another engine's that may
-                // already be serving (whose written pages must not be
-                // protected as if they held zeros). A runtime's two engines
-                // have slabs of one size; this is what tells them apart.
-                static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-                let _one = BUILDING
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let before = if slab.is_some() {
-                    crate::pagemap::mappings()
-                } else {
-                    Vec::new()
-                };
-                let pooled = |scan: bool| {
-                    let mut wcfg = base_config(config, concurrent);
-                    wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
-                        config, scan,
-                    )));
-                    Engine::new(&wcfg)
-                };
-                let engine = match (pooled(exact || slab.is_some()), slab) {
-                    (Ok(e), Some(slab)) => match slab.track(&before) {
-                        Ok(tracker) => {
-                            tracing::info!(
-                                engine = engine_name(concurrent),
-                                slots = slab.slots,
-                                protected_per_slot = slab.protect,
-                                "pool memory write tracking on (userfaultfd): only pages a guest wrote are reset"
-                            );
-                            write_tracking = Some(tracker);
-                            Ok(e)
-                        }
-                        Err(why) => {
-                            tracing::info!(
-                                engine = engine_name(concurrent),
-                                "pool memory write tracking unavailable: {why}"
-                            );
-                            drop(e);
-                            pooled(exact)
-                        }
-                    },
-                    (result, _) => result,
-                };
-                match engine {
+                let mut wcfg = base_config(config, concurrent);
+                wcfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(
+                    config,
+                )));
+                match Engine::new(&wcfg) {
                     Ok(e) => {
                         pooling = true;
                         e
@@ -451,7 +405,6 @@ impl EngineUnit {
             linker,
             concurrent,
             pooling,
-            _write_tracking: write_tracking,
         })
     }
 }
@@ -602,6 +555,11 @@ impl Runtime {
                     reason: format!("{e:#}"),
                 })?;
         let handler = HandlerPre::new(instance_pre, unit.concurrent)
+            .map_err(|(interface, reason)| ComponentError::HandlerType {
+                path: path.to_path_buf(),
+                interface,
+                reason,
+            })?
             .filter(|h| unit.concurrent || h.world == HttpWorld::P2)
             .ok_or_else(|| ComponentError::NoHandler {
                 path: path.to_path_buf(),
@@ -710,7 +668,7 @@ fn memory_reservation(cfg: &RuntimeConfig) -> u64 {
     cfg.max_instance_memory.next_power_of_two().max(1 << 20)
 }
 
-fn pooling_config(cfg: &RuntimeConfig, scan: bool) -> PoolingAllocationConfig {
+fn pooling_config(cfg: &RuntimeConfig) -> PoolingAllocationConfig {
     let mut p = PoolingAllocationConfig::default();
     let n = cfg.pool_size.max(1);
     p.total_component_instances(n);
@@ -722,29 +680,16 @@ fn pooling_config(cfg: &RuntimeConfig, scan: bool) -> PoolingAllocationConfig {
     p.max_tables_per_component(TABLES_PER_COMPONENT);
     p.max_memory_size(cfg.max_instance_memory as usize);
     p.total_stacks(n);
-    // Handing a released instance's pages back with madvise costs a TLB
-    // shootdown across the CPUs the process runs on (an IPI per CPU; in a VM
-    // each one is a trapped MSR write), and the next request faults each
-    // page back in. Keeping pages resident trades that for a reset in place:
-    // of the pages the guest wrote where PAGEMAP_SCAN says exactly which
-    // they are (by itself, or with Gantry's write tracking: `scan`), else
-    // of the whole kept memory. The kept
-    // size must cover the whole memory: beyond it the tail is still handed
-    // back with madvise, one flush per request all the same.
+    // Keeping a released instance's pages resident resets them in place
+    // instead of handing them back to the kernel (and faulting them in again
+    // on the next request); wasmtime's PAGEMAP_SCAN support, where the kernel
+    // has it, limits the reset to the pages the guest wrote.
     let keep = usize::try_from(cfg.keep_resident).unwrap_or(usize::MAX);
     p.linear_memory_keep_resident(keep);
-    // A component's tables are small (a page each for the examples), and
-    // zeroing a page in place is far cheaper than the madvise that would
-    // otherwise hand it back: that madvise flushes the TLB of every CPU the
-    // process runs on, twice per request for a typical component (perf on
-    // `plain`: 2 of the 3 madvise calls per request). One page per table is
-    // the whole RSS cost.
+    // A component's tables are small: one page each kept resident and
+    // zeroed in place.
     p.table_keep_resident(TABLE_KEEP_RESIDENT);
-    p.pagemap_scan(if scan {
-        wasmtime::Enabled::Yes
-    } else {
-        wasmtime::Enabled::No
-    });
+    p.pagemap_scan(wasmtime::Enabled::Auto);
     p
 }
 
@@ -762,80 +707,6 @@ pub fn default_keep_resident() -> u64 {
 }
 
 const DEFAULT_KEEP_RESIDENT: u64 = 2 << 20;
-
-/// Where the pool's linear memories live: one inaccessible reservation that
-/// wasmtime makes when the engine is built (a guard, then one slot per
-/// memory). The layout is wasmtime's for this engine's settings (no memory
-/// protection keys, guard before the slots); `track` checks it against the
-/// process's mappings before it touches anything.
-struct MemorySlab {
-    /// Bytes of the whole reservation.
-    total: usize,
-    /// Offset of the first slot.
-    first: usize,
-    /// Bytes from one slot to the next.
-    stride: usize,
-    slots: usize,
-    /// Bytes at the start of each slot that are write-protected: the kept
-    /// memory, where resets happen in place.
-    protect: usize,
-}
-
-impl MemorySlab {
-    fn of(cfg: &RuntimeConfig) -> Option<MemorySlab> {
-        let page = crate::pagemap::page_size() as u64;
-        let up = |x: u64| -> Option<usize> {
-            usize::try_from(x.checked_add(page - 1)? / page * page).ok()
-        };
-        let max_memory = up(cfg.max_instance_memory)?;
-        let guard = up(GUARD)?;
-        let stride = up(memory_reservation(cfg))?
-            .max(max_memory)
-            .checked_add(guard)?;
-        let slots = usize::try_from(cfg.pool_size.max(1))
-            .ok()?
-            .checked_mul(MEMORIES_PER_COMPONENT as usize)?;
-        Some(MemorySlab {
-            total: stride.checked_mul(slots)?.checked_add(guard)?,
-            first: guard,
-            stride,
-            slots,
-            protect: up(cfg.keep_resident)?.min(max_memory),
-        })
-    }
-
-    /// Finds the reservation the engine just made (the one reserved range
-    /// of exactly this size that no mapping in `before` covered, joined to
-    /// a neighbour or not: `new_reservations`), registers it and
-    /// write-protects the kept part of every slot. Nothing has been
-    /// instantiated yet, so every page protected still holds zeros: the
-    /// reservation is still inaccessible, and engines are built one at a
-    /// time (`BUILDING`). Anything else found (none, or more than one)
-    /// leaves the pool untracked.
-    fn track(
-        &self,
-        before: &[crate::pagemap::Mapping],
-    ) -> Result<crate::pagemap::WriteTracker, String> {
-        let now = crate::pagemap::mappings();
-        let new = crate::pagemap::new_reservations(before, &now, self.total);
-        let [start] = new[..] else {
-            return Err(format!(
-                "{} new reservations of {} bytes, expected exactly one",
-                new.len(),
-                self.total
-            ));
-        };
-        let tracker = crate::pagemap::WriteTracker::register(start, self.total)
-            .map_err(|e| format!("userfaultfd: {e}"))?;
-        for i in 0..self.slots {
-            let base = start + self.first + i * self.stride;
-            tracker
-                .protect(base, self.protect)
-                .map_err(|e| format!("write-protecting slot {i}: {e}"))?;
-        }
-        Ok(tracker)
-    }
-}
 
 fn pool_reservation_bytes(cfg: &RuntimeConfig) -> u64 {
     // Each memory slot reserves the default 4 GiB on 64-bit hosts unless told
@@ -996,10 +867,7 @@ pub fn load_app_over(
     old: Option<&LiveApp>,
 ) -> Result<LiveApp, Vec<AppError>> {
     let mut errors = Vec::new();
-    let values = match crate::capabilities::variables::resolve_app_variables(
-        &app.variables,
-        variable_overrides,
-    ) {
+    let values = match crate::capabilities::resolve_app_values(&app, variable_overrides) {
         Ok(v) => v,
         Err(missing) => {
             errors.extend(missing.into_iter().map(|e| AppError {

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::capabilities::gpio::GpioHost;
+use crate::capabilities::Shared;
 use crate::connection::{Active, ConnLimits, ConnShared, GuardedStream};
 use crate::instance::{self, Admission, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
@@ -55,7 +55,8 @@ pub struct AppServer {
     pub limits: Limits,
     permits: Arc<Semaphore>,
     pub in_flight: AtomicU64,
-    pub gpio: Arc<GpioHost>,
+    /// The capabilities' app-wide state.
+    pub shared: Arc<Shared>,
 }
 
 impl AppServer {
@@ -65,7 +66,7 @@ impl AppServer {
         metrics: Arc<Metrics>,
         live: LiveApp,
         limits: Limits,
-        gpio: Arc<GpioHost>,
+        shared: Arc<Shared>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(runtime.config().pool_size as usize));
         record_component_info(&metrics, &live);
@@ -77,7 +78,7 @@ impl AppServer {
             limits,
             permits,
             in_flight: AtomicU64::new(0),
-            gpio,
+            shared,
         }
     }
 
@@ -302,7 +303,7 @@ impl AppServer {
                 metrics: self.metrics.clone(),
                 cx: span.cx.clone(),
             },
-            gpio: self.gpio.clone(),
+            shared: self.shared.clone(),
         };
         let result = instance::invoke(call, request).await;
         if overflow.load(Ordering::Relaxed) {

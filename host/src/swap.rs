@@ -250,7 +250,7 @@ impl Swapper {
             if before.is_some_and(|b| same_grants(b, &spec.gpio)) {
                 continue;
             }
-            if let Err(e) = self.server.gpio.claim(id, &spec.gpio) {
+            if let Err(e) = self.server.shared.claim(id, spec) {
                 span.end();
                 return Err(SwapError::Manifest(format!("{e:#}")));
             }

@@ -80,29 +80,17 @@ async fn a_trap_costs_one_request() {
 /// Linux; forced here, and off for comparison): no request sees what an
 /// earlier one wrote, whether the data segments are copied in or mapped
 /// copy-on-write, one request at a time (the same slot again and again) or
-/// many at once, and whether a release zeroes every kept page or only those
-/// the guest wrote (write tracking, on by default where the kernel needs it).
-/// `alpha` reads a counter, a data segment value and pages it grows itself,
-/// then writes to all three.
+/// many at once. `alpha` reads a counter, a data segment value and pages it
+/// grows itself, then writes to all three.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_request_gets_a_pristine_instance() {
-    use gantry::pagemap::{Scan, scan, tracked_scan};
-    let tracking_here = scan() != Scan::Exact && tracked_scan() == Scan::Exact;
-    for (keep, init, tracking) in [
-        ("4MiB", "copy", true),
-        ("4MiB", "copy", false),
-        ("4MiB", "cow", true),
-        ("0", "auto", true),
-    ] {
-        let mut args = vec!["--pool-keep-resident", keep, "--memory-init", init];
-        if !tracking {
-            args.push("--no-write-tracking");
-        }
+    for (keep, init) in [("4MiB", "copy"), ("4MiB", "cow"), ("0", "auto")] {
+        let args = vec!["--pool-keep-resident", keep, "--memory-init", init];
         let g = Gantry::start(&root_manifest(), &args);
         let pristine = |r: &Reply| {
             assert_eq!(r.status, 200, "{}", r.text());
             let j = r.json();
-            let case = format!("keep {keep}, {init}, tracking {tracking}: {j}");
+            let case = format!("keep {keep}, {init}: {j}");
             assert_eq!(j["served_before"], 0, "{case}");
             assert_eq!(j["seed"], 7, "{case}");
             assert_eq!(j["grown_zero"], true, "{case}");
@@ -113,19 +101,6 @@ async fn every_request_gets_a_pristine_instance() {
         let url = g.url("/alpha");
         let replies = futures::future::join_all((0..64).map(|_| get(&url))).await;
         replies.iter().for_each(pristine);
-        // The tracked cases really ran tracked where this kernel allows it,
-        // on both engines (alpha's plain one, beta's concurrent one).
-        let log = g.stderr();
-        let tracked = log.matches("write tracking on").count();
-        let expected = tracking_here && tracking && keep != "0";
-        assert_eq!(
-            tracked,
-            if expected { 2 } else { 0 },
-            "keep {keep}, {init}, tracking {tracking} (scan {}, tracked {}): {log}",
-            scan(),
-            tracked_scan()
-        );
-        assert!(!log.contains("write tracking unavailable"), "{log}");
     }
 }
 
@@ -217,13 +192,10 @@ async fn a_client_that_goes_away_frees_its_instance() {
     }
 }
 
-/// A component whose `wasi:http/incoming-handler` export has the wrong
-/// signature loads (its exports name a handler), but no request reaches it:
-/// wasmtime's type check refuses the first instance and every one after it,
-/// since only a check that passed lets later instances skip it. Each such
-/// request costs itself a 500; the other routes go on serving.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_handler_of_the_wrong_type_costs_only_its_own_requests() {
+/// A component whose `handle` export has another type than wasi:http's is
+/// refused when the app loads, not served as a 500 on every request.
+#[test]
+fn a_handler_of_the_wrong_type_is_refused_at_load() {
     wasm("alpha");
     let bad = wat::parse_str(
         r#"(component
@@ -252,23 +224,31 @@ source = "{wasm}/alpha.wasm"
 "#,
     );
     std::fs::write(dir.path().join("bad.wasm"), bad).expect("write component");
-    let g = Gantry::start(&manifest, &[]);
-    for _ in 0..3 {
-        let r = get(&g.url("/bad")).await;
-        assert_eq!(r.status, 500, "{}", r.text());
-        let r = get(&g.url("/alpha")).await;
-        assert_eq!(r.status, 200, "{}", r.text());
+    let m = manifest.to_str().expect("path");
+    // Refused at load, by `gantry check` and by `gantry up`, naming the
+    // component's file, the export and wasmtime's reason.
+    for args in [
+        vec!["check", "-f", m],
+        vec![
+            "up",
+            "-f",
+            m,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let (code, err) = gantry_fails::<&str, &str>(&args, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("bad.wasm")
+                && err.contains("wasi:http/incoming-handler@0.2")
+                && err.contains("#handle` is not of the type the host calls")
+                && err.contains("type-checking export func `handle`"),
+            "{args:?}: {err}"
+        );
     }
-    let log = g.stderr();
-    assert_eq!(
-        log.matches(
-            "the wasi:http 0.2 handler's `handle` export is not of the type the host calls: \
-             type mismatch with parameters"
-        )
-        .count(),
-        3,
-        "each request to /bad should fail wasmtime's type check:\n{log}"
-    );
 }
 
 /// A WASI 0.2 handler in WebAssembly text: `handle` runs `body` (which gets

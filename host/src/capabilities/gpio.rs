@@ -10,15 +10,16 @@
 //!   abandoned, its store is dropped and every output it drove returns to
 //!   its safe level (motors stop) before the lease is released.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wasmtime::component::Linker;
 
 use super::bindings::gantry::gpio::{digital, pins, pwm, types};
+use super::{Capability, HostState, Request, Settings};
 use crate::gpio::{Board, Level, PinMode, PinSetup};
-use crate::manifest::GpioGrant;
+use crate::manifest::{ComponentSpec, GpioGrant, ManifestError};
 use crate::telemetry::metrics::Metrics;
 
 /// What one component may touch, by label.
@@ -190,10 +191,10 @@ impl GpioState {
     }
 }
 
-impl Drop for GpioState {
+impl GpioState {
     /// The safe state: runs however the instance ended, because the store
     /// that owns this state is dropped in every case.
-    fn drop(&mut self) {
+    fn back_to_safe(&mut self) {
         if self.driven.is_empty() {
             return;
         }
@@ -242,15 +243,50 @@ impl wasmtime::component::HasData for HasGpio {
     type Data<'a> = GpioView<'a>;
 }
 
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> GpioView<'_>,
-) -> wasmtime::Result<()> {
-    types::add_to_linker::<T, HasGpio>(linker, get)?;
-    pins::add_to_linker::<T, HasGpio>(linker, get)?;
-    digital::add_to_linker::<T, HasGpio>(linker, get)?;
-    pwm::add_to_linker::<T, HasGpio>(linker, get)?;
-    Ok(())
+/// The `gantry:gpio` capability.
+pub struct Gpio;
+
+impl Capability for Gpio {
+    type Grant = Arc<GpioGrants>;
+    type Shared = Arc<GpioHost>;
+    type Instance = GpioState;
+
+    fn shared(settings: &Settings) -> anyhow::Result<Arc<GpioHost>> {
+        Ok(Arc::new(GpioHost::new(
+            settings.board.clone(),
+            settings.metrics.clone(),
+        )))
+    }
+
+    fn grant(
+        spec: &ComponentSpec,
+        _values: &BTreeMap<String, String>,
+    ) -> Result<Arc<GpioGrants>, ManifestError> {
+        Ok(Arc::new(GpioGrants::new(&spec.gpio)))
+    }
+
+    fn claim(host: &Arc<GpioHost>, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
+        host.claim(component, &spec.gpio)
+    }
+
+    fn instance(host: &Arc<GpioHost>, grants: &Arc<GpioGrants>, request: &Request) -> GpioState {
+        GpioState::new(host.clone(), grants.clone(), request.component.clone())
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>, _concurrent: bool) -> anyhow::Result<()> {
+        fn get(s: &mut HostState) -> GpioView<'_> {
+            GpioView(&mut s.caps.gpio)
+        }
+        types::add_to_linker::<HostState, HasGpio>(linker, get)?;
+        pins::add_to_linker::<HostState, HasGpio>(linker, get)?;
+        digital::add_to_linker::<HostState, HasGpio>(linker, get)?;
+        pwm::add_to_linker::<HostState, HasGpio>(linker, get)?;
+        Ok(())
+    }
+
+    fn end_of_request(state: &mut GpioState) {
+        state.back_to_safe();
+    }
 }
 
 impl types::Host for GpioView<'_> {}

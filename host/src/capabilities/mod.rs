@@ -1,7 +1,16 @@
-//! Host interfaces a guest may import, one sub-module each. Each owns its
-//! manifest section (resolved here into [`ComponentCaps`]), its per-store
-//! state and its linker registration. Nothing is ambient: a component gets
-//! only what its manifest entry grants.
+//! Host interfaces a guest may import, one module each. Nothing is ambient:
+//! a component gets only what its manifest entry grants.
+//!
+//! Every capability implements [`Capability`]: it resolves its grant from a
+//! component's manifest entry, holds app-wide state (a board, later pools and
+//! open stores), builds the state one instance holds while it serves a
+//! request, registers its interfaces in the linker, and acts when a request
+//! ends (GPIO puts its pins back at their safe levels). [`HostState`], the
+//! data of every store, is composed here from the capabilities' instance
+//! states; the rest of the host (`runtime`, `instance`, `server`) sees only
+//! [`ComponentCaps`], [`Shared`] and [`HostState`].
+//!
+//! See `README.md` in this folder for the steps to add one.
 
 pub mod gpio;
 pub mod otel;
@@ -21,99 +30,293 @@ pub(crate) mod bindings {
     });
 }
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::Linker;
+use wasmtime::component::{Linker, ResourceTable};
 
-use crate::instance::HostState;
-use crate::manifest::{ComponentSpec, ManifestError};
-use outbound_http::{HostPattern, OutboundPolicy};
-use variables::ComponentVariables;
+use crate::manifest::{App, ComponentSpec, ManifestError};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::Tracing;
+
+/// What one capability is made of. The functions are called in this order:
+/// `shared` once at start, `grant` and `claim` for each component version at
+/// load (and at every swap), `instance` for every request, `end_of_request`
+/// when that request's store is dropped, however it ended.
+pub trait Capability {
+    /// What one component version is granted, resolved from its manifest
+    /// entry once at load.
+    type Grant: Send + Sync + 'static;
+    /// App-wide state: what every instance of every component shares.
+    type Shared: Send + Sync + 'static;
+    /// What one instance holds while it serves one request.
+    type Instance: Send + 'static;
+
+    /// The app-wide state, from the host's settings.
+    fn shared(settings: &Settings) -> anyhow::Result<Self::Shared>;
+
+    /// The grant of `spec`, its `{{ }}` templates rendered with the app's
+    /// variable `values`. Errors name the manifest's file, line and field.
+    fn grant(
+        spec: &ComponentSpec,
+        values: &BTreeMap<String, String>,
+    ) -> Result<Self::Grant, ManifestError>;
+
+    /// Takes up `spec`'s grant in the app-wide state (sets up hardware,
+    /// opens a store) when a component version is loaded; an error stops
+    /// the load, or refuses the swap while the old version serves.
+    fn claim(
+        _shared: &Self::Shared,
+        _component: &str,
+        _spec: &ComponentSpec,
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The state one instance of a component starts a request with.
+    fn instance(shared: &Self::Shared, grant: &Self::Grant, request: &Request) -> Self::Instance;
+
+    /// Registers the capability's interfaces: for WASI 0.2 and 0.3 guests on
+    /// an engine with concurrency support (`concurrent`), else only what
+    /// needs none.
+    fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()>;
+
+    /// The request is over (its store is being dropped).
+    fn end_of_request(_instance: &mut Self::Instance) {}
+}
+
+/// What the capabilities' app-wide state is built from.
+pub struct Settings {
+    pub metrics: Arc<Metrics>,
+    /// The GPIO board (real or simulated), opened at start.
+    pub board: Arc<dyn crate::gpio::Board>,
+}
+
+/// The request one instance serves: its component, its telemetry (tracer,
+/// metrics, the server span) and the guest's open spans, under which every
+/// capability that calls out records its client spans.
+pub struct Request {
+    pub component: Arc<str>,
+    pub trace: TraceHandle,
+    pub guest: Arc<Mutex<otel::GuestTelemetry>>,
+}
+
+/// The request's telemetry: tracer, metrics and the server span's context.
+pub struct TraceHandle {
+    pub tracing: Arc<Tracing>,
+    pub metrics: Arc<Metrics>,
+    pub cx: opentelemetry::Context,
+}
+
+/// Declares the capabilities: each line is a field of [`ComponentCaps`]
+/// (its grant), [`Shared`] (its app-wide state) and [`HostState`] (its
+/// instance state), named as the capability's module reaches it.
+macro_rules! capabilities {
+    ($($field:ident: $cap:ty),* $(,)?) => {
+        /// What each capability grants one component version.
+        pub struct Grants {
+            $(pub $field: <$cap as Capability>::Grant,)*
+        }
+
+        /// Every capability's app-wide state.
+        pub struct Shared {
+            $(pub $field: <$cap as Capability>::Shared,)*
+        }
+
+        /// Every capability's state for one instance.
+        pub struct Instances {
+            $(pub $field: <$cap as Capability>::Instance,)*
+        }
+
+        impl Grants {
+            fn resolve(
+                spec: &ComponentSpec,
+                values: &BTreeMap<String, String>,
+            ) -> Result<Grants, ManifestError> {
+                Ok(Grants {
+                    $($field: <$cap as Capability>::grant(spec, values)?,)*
+                })
+            }
+        }
+
+        impl Shared {
+            pub fn new(settings: &Settings) -> anyhow::Result<Shared> {
+                Ok(Shared {
+                    $($field: <$cap as Capability>::shared(settings)?,)*
+                })
+            }
+
+            /// Takes up a component version's grants (see [`Capability::claim`]).
+            pub fn claim(&self, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
+                $(<$cap as Capability>::claim(&self.$field, component, spec)?;)*
+                Ok(())
+            }
+        }
+
+        impl Instances {
+            fn new(shared: &Shared, grants: &Grants, request: &Request) -> Instances {
+                Instances {
+                    $($field: <$cap as Capability>::instance(
+                        &shared.$field,
+                        &grants.$field,
+                        request,
+                    ),)*
+                }
+            }
+
+            fn end_of_request(&mut self) {
+                $(<$cap as Capability>::end_of_request(&mut self.$field);)*
+            }
+        }
+
+        /// Registers every capability's interfaces in `linker`.
+        pub fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
+            $(<$cap as Capability>::add_to_linker(linker, concurrent)?;)*
+            Ok(())
+        }
+    };
+}
+
+capabilities! {
+    wasi: stdio::Wasi,
+    http: outbound_http::OutboundHttp,
+    variables: variables::Variables,
+    otel: otel::Otel,
+    gpio: gpio::Gpio,
+}
+
+/// The application's variable values, resolved once at load: what every
+/// component's templates are rendered with.
+pub fn resolve_app_values(
+    app: &App,
+    overrides: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, Vec<ManifestError>> {
+    variables::resolve_app_variables(&app.variables, overrides)
+}
 
 /// What one component version is granted, resolved from the manifest once.
-#[derive(Debug, Clone)]
 pub struct ComponentCaps {
     pub id: Arc<str>,
-    pub outbound: Arc<OutboundPolicy>,
-    pub variables: ComponentVariables,
-    pub environment: Vec<(String, String)>,
     /// Per-component request timeout (`tool.gantry.timeout_ms`).
     pub timeout: Option<Duration>,
-    /// Inject trace context into outbound requests.
-    pub propagate_trace_context: bool,
-    /// GPIO pins granted, by label.
-    pub gpio: Arc<gpio::GpioGrants>,
+    pub grants: Grants,
 }
 
 impl ComponentCaps {
-    /// Resolves templates against the application's variable values.
+    /// Resolves every capability's grant, templates rendered against the
+    /// application's variable values.
     pub fn resolve(
         spec: &ComponentSpec,
         app_values: &BTreeMap<String, String>,
     ) -> Result<ComponentCaps, ManifestError> {
-        let mut vars = HashMap::new();
-        for (name, template) in &spec.variables {
-            let value = template
-                .render(app_values)
-                .map_err(|message| ManifestError {
-                    location: spec.source_location.clone(),
-                    message,
-                })?;
-            vars.insert(name.clone(), value);
-        }
-        let mut patterns = Vec::new();
-        for rule in &spec.allowed_outbound_hosts {
-            let text = rule
-                .template
-                .render(app_values)
-                .map_err(|message| ManifestError {
-                    location: rule.location.clone(),
-                    message,
-                })?;
-            let pattern = HostPattern::parse(&text).map_err(|message| ManifestError {
-                location: rule.location.clone(),
-                message: if text == rule.raw {
-                    message
-                } else {
-                    format!("{} expands to {text:?}: {message}", rule.raw)
-                },
-            })?;
-            patterns.push(pattern);
-        }
         Ok(ComponentCaps {
             id: Arc::from(spec.id.as_str()),
-            outbound: Arc::new(OutboundPolicy::new(patterns)),
-            variables: ComponentVariables::new(vars),
-            environment: spec
-                .environment
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
             timeout: spec.gantry.timeout_ms.map(Duration::from_millis),
-            propagate_trace_context: spec.gantry.propagate_trace_context.unwrap_or(true),
-            gpio: Arc::new(gpio::GpioGrants::new(&spec.gpio)),
+            grants: Grants::resolve(spec, app_values)?,
         })
     }
 }
 
-/// Registers every interface Gantry provides: for WASI 0.2 and 0.3 guests
-/// on an engine with concurrency support (`concurrent`), else only what
-/// needs none (WASI 0.2 and Gantry's own synchronous interfaces).
-pub fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    if concurrent {
-        wasmtime_wasi::p3::add_to_linker(linker)?;
-        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+/// Most host resources (streams, fields, bodies, pollables...) one instance
+/// may hold at once: past it a new one fails in the guest instead of growing
+/// host memory that the instance's memory limit does not see.
+pub const MAX_RESOURCES: usize = 16_384;
+
+/// Everything a guest's host calls can reach, for one request: the
+/// capabilities' instance states, the resource table they share, and the
+/// instance's memory limits.
+pub struct HostState {
+    pub(crate) caps: Instances,
+    pub(crate) table: ResourceTable,
+    limits: wasmtime::StoreLimits,
+    /// The largest linear memory the instance asked for.
+    peak: usize,
+}
+
+impl HostState {
+    pub fn new(
+        caps: &ComponentCaps,
+        shared: &Shared,
+        max_memory: u64,
+        trace: TraceHandle,
+    ) -> HostState {
+        let guest = otel::GuestTelemetry::new(
+            caps.id.clone(),
+            trace.tracing.clone(),
+            trace.metrics.clone(),
+            trace.cx.clone(),
+        );
+        let request = Request {
+            component: caps.id.clone(),
+            trace,
+            guest: Arc::new(Mutex::new(guest)),
+        };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        HostState {
+            caps: Instances::new(shared, &caps.grants, &request),
+            table,
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+                // Tables hold function references; a million is far beyond
+                // any sane guest.
+                .table_elements(1 << 20)
+                .build(),
+            peak: 0,
+        }
     }
-    variables::add_to_linker(
-        linker,
-        |s: &mut HostState| variables::ConfigView(&s.variables),
-        concurrent,
-    )?;
-    otel::add_to_linker(linker, HostState::otel)?;
-    gpio::add_to_linker(linker, HostState::gpio)?;
-    Ok(())
+
+    /// The store's resource limiter: wasmtime's [`wasmtime::StoreLimits`],
+    /// which also remembers the peak memory asked for.
+    pub fn limiter(&mut self) -> &mut dyn wasmtime::ResourceLimiter {
+        self
+    }
+
+    /// The largest linear memory (bytes) the instance grew to or asked for.
+    pub fn memory_peak(&self) -> usize {
+        self.peak
+    }
+}
+
+impl wasmtime::ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        self.caps.end_of_request();
+    }
 }

@@ -7,8 +7,8 @@
 //! spans form one tree; while a guest span is open, the client spans of the
 //! guest's outbound calls are its children.
 
-use std::cell::Cell;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::trace::{
@@ -20,29 +20,10 @@ use wasmtime::component::Linker;
 use wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime;
 
 use super::bindings::wasi::otel::{logs, metrics as wm, tracing as wt, types};
+use super::{Capability, HostState, Request, Settings};
+use crate::manifest::{ComponentSpec, ManifestError};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::Tracing;
-
-thread_local! {
-    /// The span id the next span built on this thread must have.
-    static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
-}
-
-/// Span ids: the guest's own when a guest span is being recorded, random
-/// otherwise.
-#[derive(Debug, Default)]
-pub struct GuestAwareIds(opentelemetry_sdk::trace::RandomIdGenerator);
-
-impl opentelemetry_sdk::trace::IdGenerator for GuestAwareIds {
-    fn new_trace_id(&self) -> TraceId {
-        self.0.new_trace_id()
-    }
-    fn new_span_id(&self) -> SpanId {
-        NEXT_SPAN_ID
-            .with(|c| c.take())
-            .unwrap_or_else(|| self.0.new_span_id())
-    }
-}
 
 /// Guest spans open at once in one instance; a start past it is dropped.
 pub const MAX_OPEN_SPANS: usize = 128;
@@ -106,22 +87,50 @@ impl GuestTelemetry {
     }
 }
 
-pub struct OtelView<'a>(pub &'a mut GuestTelemetry);
+/// The guest's telemetry, locked for one host call.
+pub struct OtelView<'a>(pub std::sync::MutexGuard<'a, GuestTelemetry>);
 
 pub struct HasOtel;
 impl wasmtime::component::HasData for HasOtel {
     type Data<'a> = OtelView<'a>;
 }
 
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> OtelView<'_>,
-) -> wasmtime::Result<()> {
-    types::add_to_linker::<T, HasOtel>(linker, get)?;
-    wt::add_to_linker::<T, HasOtel>(linker, get)?;
-    wm::add_to_linker::<T, HasOtel>(linker, get)?;
-    logs::add_to_linker::<T, HasOtel>(linker, get)?;
-    Ok(())
+/// The `wasi:otel` capability. Its instance state is the request's guest
+/// telemetry, which other capabilities' client spans nest under too.
+pub struct Otel;
+
+impl Capability for Otel {
+    type Grant = ();
+    type Shared = ();
+    type Instance = Arc<Mutex<GuestTelemetry>>;
+
+    fn shared(_: &Settings) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn grant(_: &ComponentSpec, _: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+        Ok(())
+    }
+
+    fn instance(_: &(), _: &(), request: &Request) -> Self::Instance {
+        request.guest.clone()
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>, _concurrent: bool) -> anyhow::Result<()> {
+        fn get(s: &mut HostState) -> OtelView<'_> {
+            OtelView(
+                s.caps
+                    .otel
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        }
+        types::add_to_linker::<HostState, HasOtel>(linker, get)?;
+        wt::add_to_linker::<HostState, HasOtel>(linker, get)?;
+        wm::add_to_linker::<HostState, HasOtel>(linker, get)?;
+        logs::add_to_linker::<HostState, HasOtel>(linker, get)?;
+        Ok(())
+    }
 }
 
 /// The latest time a guest may give: the end of year 9999.
@@ -251,9 +260,9 @@ impl wt::Host for OtelView<'_> {
             .with_start_time(to_system_time(&span.start_time))
             .with_attributes(attrs);
         builder.events = Some(events);
-        NEXT_SPAN_ID.with(|c| c.set(Some(sc.span_id())));
-        let mut built = builder.start_with_context(tracer, &parent);
-        NEXT_SPAN_ID.with(|c| c.set(None));
+        let mut built = crate::telemetry::trace::with_span_id(sc.span_id(), || {
+            builder.start_with_context(tracer, &parent)
+        });
         use opentelemetry::trace::Span as _;
         match span.status {
             wt::Status::Unset => {}

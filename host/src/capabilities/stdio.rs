@@ -1,3 +1,7 @@
+//! WASI itself (`wasi:cli`, clocks, random, streams, filesystem types):
+//! granted, never ambient. No sockets, no name lookups, no files, and only
+//! the environment the manifest gives (`[component.<id>].environment`).
+//!
 //! Guest stdout and stderr: each line becomes a host log event (target
 //! `guest`) and, when logs are exported, an OTLP log record, both carrying
 //! the component id, the stream and the request's trace and span ids, so a
@@ -12,7 +16,77 @@ use opentelemetry::trace::SpanContext;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use std::collections::BTreeMap;
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::{Capability, HostState, Request, Settings};
+use crate::manifest::{ComponentSpec, ManifestError};
 use crate::telemetry::trace::{HexId, Tracing};
+
+/// The WASI capability.
+pub struct Wasi;
+
+impl Capability for Wasi {
+    /// The environment variables the manifest gives.
+    type Grant = Vec<(String, String)>;
+    type Shared = ();
+    type Instance = WasiCtx;
+
+    fn shared(_: &Settings) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn grant(
+        spec: &ComponentSpec,
+        _values: &BTreeMap<String, String>,
+    ) -> Result<Self::Grant, ManifestError> {
+        Ok(spec
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn instance(_: &(), environment: &Self::Grant, request: &Request) -> WasiCtx {
+        let span = {
+            use opentelemetry::trace::TraceContextExt;
+            request.trace.cx.span().span_context().clone()
+        };
+        let output = |stream| GuestOutput {
+            component: request.component.clone(),
+            stream,
+            span: span.clone(),
+            tracing: request.trace.tracing.clone(),
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(output("stdout"))
+            .stderr(output("stderr"))
+            .envs(environment);
+        wasi.build()
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
+        wasmtime_wasi::p2::add_to_linker_async(linker)?;
+        if concurrent {
+            wasmtime_wasi::p3::add_to_linker(linker)?;
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.caps.wasi,
+            table: &mut self.table,
+        }
+    }
+}
 
 /// Longest line kept whole; longer output is split at this size.
 const MAX_LINE: usize = 16 * 1024;

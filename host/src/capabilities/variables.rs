@@ -8,83 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::manifest::{ManifestError, VariableSpec};
+use wasmtime::component::Linker;
 
-/// `{{ name }}` templates with literal text around them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    parts: Vec<Part>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Var(String),
-}
-
-impl Template {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            if start > 0 {
-                parts.push(Part::Literal(rest[..start].to_string()));
-            }
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                return Err(format!("unclosed `{{{{` in {text:?}"));
-            };
-            let name = after[..end].trim();
-            if !is_valid_name(name) {
-                return Err(format!(
-                    "`{{{{ {name} }}}}` does not name a variable (lowercase letters, digits, underscores)"
-                ));
-            }
-            parts.push(Part::Var(name.to_string()));
-            rest = &after[end + 2..];
-        }
-        if rest.contains("}}") {
-            return Err(format!("stray `}}}}` in {text:?}"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        Ok(Template { parts })
-    }
-
-    pub fn is_literal(&self) -> bool {
-        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
-    }
-
-    pub fn references(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Var(v) => Some(v.as_str()),
-            Part::Literal(_) => None,
-        })
-    }
-
-    pub fn render(&self, values: &BTreeMap<String, String>) -> Result<String, String> {
-        let mut out = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Literal(s) => out.push_str(s),
-                Part::Var(v) => match values.get(v) {
-                    Some(value) => out.push_str(value),
-                    None => return Err(format!("variable `{v}` has no value")),
-                },
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Spin's variable names: lowercase ASCII letters, digits and underscores,
-/// starting with a letter.
-pub fn is_valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
+use super::{Capability, HostState, Request, Settings};
+use crate::manifest::{ComponentSpec, ManifestError, VariableSpec, is_valid_name};
 
 /// Resolves every application variable once, at load.
 pub fn resolve_app_variables(
@@ -204,35 +131,49 @@ impl wasmtime::component::HasData for HasConfig {
     type Data<'a> = ConfigView<'a>;
 }
 
-/// `concurrent`: whether the linker's engine has concurrency support,
-/// which Spin's v3 interface (an async function) needs.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut wasmtime::component::Linker<T>,
-    get: fn(&mut T) -> ConfigView<'_>,
-    concurrent: bool,
-) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, HasConfig>(linker, get)?;
-    spin_v2::add_to_linker::<T, HasConfig>(linker, get)?;
-    if concurrent {
-        spin_v3::add_to_linker::<T, HasConfig>(linker, get)?;
+/// The variables capability.
+pub struct Variables;
+
+impl Capability for Variables {
+    type Grant = ComponentVariables;
+    type Shared = ();
+    type Instance = ComponentVariables;
+
+    fn shared(_: &Settings) -> anyhow::Result<()> {
+        Ok(())
     }
-    Ok(())
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Renders the component's `[component.<id>.variables]` templates.
+    fn grant(
+        spec: &ComponentSpec,
+        values: &BTreeMap<String, String>,
+    ) -> Result<ComponentVariables, ManifestError> {
+        let mut vars = HashMap::new();
+        for (name, template) in &spec.variables {
+            let value = template.render(values).map_err(|message| ManifestError {
+                location: spec.source_location.clone(),
+                message,
+            })?;
+            vars.insert(name.clone(), value);
+        }
+        Ok(ComponentVariables::new(vars))
+    }
 
-    #[test]
-    fn templates() {
-        let t = Template::parse("http://{{ host }}:{{port}}/x").unwrap();
-        assert_eq!(t.references().collect::<Vec<_>>(), ["host", "port"]);
-        let mut vals = BTreeMap::new();
-        vals.insert("host".into(), "127.0.0.1".into());
-        vals.insert("port".into(), "80".into());
-        assert_eq!(t.render(&vals).unwrap(), "http://127.0.0.1:80/x");
-        assert!(Template::parse("{{ oops").is_err());
-        assert!(Template::parse("{{ Bad }}").is_err());
-        assert!(Template::parse("plain").unwrap().is_literal());
+    fn instance(_: &(), grant: &ComponentVariables, _: &Request) -> ComponentVariables {
+        grant.clone()
+    }
+
+    /// Spin's v3 interface (an async function) needs an engine with
+    /// concurrency support.
+    fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
+        fn get(s: &mut HostState) -> ConfigView<'_> {
+            ConfigView(&s.caps.variables)
+        }
+        store::add_to_linker::<HostState, HasConfig>(linker, get)?;
+        spin_v2::add_to_linker::<HostState, HasConfig>(linker, get)?;
+        if concurrent {
+            spin_v3::add_to_linker::<HostState, HasConfig>(linker, get)?;
+        }
+        Ok(())
     }
 }

@@ -19,6 +19,7 @@
 //! as `SpanData`. Client spans and guest spans stay the SDK's.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -40,6 +41,36 @@ use opentelemetry_sdk::trace::{
 
 use super::otlp_traces::{Pb, RecordedSpan, Scalar, write_recorded};
 use super::span_queue::SpanQueue;
+
+thread_local! {
+    /// The span id the next span built on this thread must have.
+    static NEXT_SPAN_ID: Cell<Option<SpanId>> = const { Cell::new(None) };
+}
+
+/// Span ids: the guest's own when a guest span is being recorded, random
+/// otherwise.
+#[derive(Debug, Default)]
+pub struct GuestAwareIds(opentelemetry_sdk::trace::RandomIdGenerator);
+
+impl opentelemetry_sdk::trace::IdGenerator for GuestAwareIds {
+    fn new_trace_id(&self) -> TraceId {
+        self.0.new_trace_id()
+    }
+    fn new_span_id(&self) -> SpanId {
+        NEXT_SPAN_ID
+            .with(|c| c.take())
+            .unwrap_or_else(|| self.0.new_span_id())
+    }
+}
+
+/// Builds a span with `id` as its span id (a guest's span, which keeps the
+/// id the guest gave it).
+pub fn with_span_id<R>(id: SpanId, build: impl FnOnce() -> R) -> R {
+    NEXT_SPAN_ID.with(|c| c.set(Some(id)));
+    let built = build();
+    NEXT_SPAN_ID.with(|c| c.set(None));
+    built
+}
 
 /// The process's tracer and propagator.
 pub struct Tracing {
@@ -188,7 +219,7 @@ impl Tracing {
             .with_resource(res)
             .with_sampler(sampler.clone())
             .with_span_limits(config.span_limits)
-            .with_id_generator(crate::capabilities::otel::GuestAwareIds::default());
+            .with_id_generator(GuestAwareIds::default());
         if let Some(q) = &queue {
             builder = builder.with_span_processor(SharedQueue(q.clone()));
         }
