@@ -21,15 +21,18 @@ rustup component add --toolchain "$toolchain" rustfmt clippy
 # promtool), the hey load generator, headless Chromium and valgrind (the
 # telemetry benchmark counts instructions with callgrind); and the arm64
 # cross toolchain and emulator for the Raspberry Pi build; musl (the image's
-# static binary), buildah, podman and runc to build and run the image.
+# static binary), buildah, podman and runc to build and run the image;
+# protoc and its well-known types (prometheus-client generates its Prometheus
+# data model at build time).
 need=()
 for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium \
     valgrind:valgrind callgrind_control:valgrind \
     aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
-    musl-gcc:musl-tools buildah:buildah podman:podman runc:runc; do
+    musl-gcc:musl-tools buildah:buildah podman:podman runc:runc protoc:protobuf-compiler; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq

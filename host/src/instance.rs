@@ -24,7 +24,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtxView, WasiHttpView};
 
 pub use crate::capabilities::TraceHandle;
 use crate::capabilities::{ComponentCaps, HostState, Shared};
-use crate::runtime::{HandlerPre, HttpWorld, LoadedComponent};
+use crate::runtime::{HandlerPre, HttpWorld, LoadedComponent, P2Params, P3Params, P3Results};
 use crate::telemetry::metrics::Metrics;
 
 fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
@@ -244,18 +244,9 @@ fn new_store(
 }
 
 /// `wasi:http/incoming-handler@0.2.x#handle`, as the host calls it.
-type P2Handle = TypedFunc<
-    (
-        Resource<p2_types::IncomingRequest>,
-        Resource<p2_types::ResponseOutparam>,
-    ),
-    (),
->;
+type P2Handle = TypedFunc<P2Params, ()>;
 /// `wasi:http/handler@0.3.x#handle`, as the host calls it.
-type P3Handle = TypedFunc<
-    (Resource<p3_types::Request>,),
-    (Result<Resource<p3_types::Response>, p3_types::ErrorCode>,),
->;
+type P3Handle = TypedFunc<P3Params, P3Results>;
 
 /// Where a response head goes: the guest's answer, or why there is none.
 type HeadSender = oneshot::Sender<wasmtime::Result<http::Response<WasiBody>>>;
@@ -290,13 +281,13 @@ impl HandlerPre {
         R: ComponentNamedList + Lift,
     {
         // SAFETY: `func` is the export at `self.handle` of an instance of
-        // `self.pre`, whose type wasmtime-wasi-http's `ProxyPre::new` (0.2)
-        // or `ServicePre::new` (0.3) checked at load against these `P` and
-        // `R`, with the instance type of `self.pre` (`HandlerPre::new`): the
-        // check wasmtime's generated bindings rely on for their own
-        // unchecked calls. All instances of one `InstancePre` share its
-        // component and its linker's definitions, host resource types
-        // included, so they give that export the same type.
+        // `self.pre`, whose type `HandlerPre::new` checked at load against
+        // these `P` and `R` (`ComponentFunc::typecheck` with the instance
+        // type of `self.pre`): the check wasmtime's generated bindings rely
+        // on for their own unchecked calls. All instances of one
+        // `InstancePre` share its component and its linker's definitions,
+        // host resource types included, so they give that export the same
+        // type.
         unsafe { TypedFunc::new_unchecked(func) }
     }
 }

@@ -18,9 +18,6 @@ use std::sync::Arc;
 
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry::KeyValue;
-
-use crate::telemetry::trace::FixedAttributes;
 
 /// One routable entry.
 #[derive(Debug, Clone)]
@@ -37,8 +34,6 @@ pub struct RouteEntry {
     /// The route's own `spin-*` header values, made once when the table is
     /// built rather than on every request (routes are validated ASCII).
     route_headers: Option<RouteHeaders>,
-    /// Its server spans' `http.route` and `url.scheme`.
-    pub span_attributes: FixedAttributes,
 }
 
 #[derive(Debug, Clone)]
@@ -186,10 +181,6 @@ impl Router {
             };
             let raw: Arc<str> = Arc::from(raw);
             router.entries.push(RouteEntry {
-                span_attributes: FixedAttributes::new(vec![
-                    KeyValue::new("http.route", raw.clone()),
-                    KeyValue::new("url.scheme", "http"),
-                ]),
                 raw,
                 based,
                 component: Arc::from(component),

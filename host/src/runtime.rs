@@ -21,16 +21,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use opentelemetry::KeyValue;
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker, Resource};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::http::types as p2_types;
+use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
 
 use crate::capabilities::ComponentCaps;
 use crate::capabilities::HostState;
 use crate::manifest::{App, Location};
 use crate::router::Router;
-use crate::telemetry::trace::FixedAttributes;
 
 /// How often the epoch advances; the granularity of timeouts and of the
 /// yields that keep one busy guest from starving the others.
@@ -202,17 +203,26 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
+/// What the host passes `wasi:http/incoming-handler@0.2.x#handle`.
+pub(crate) type P2Params = (
+    Resource<p2_types::IncomingRequest>,
+    Resource<p2_types::ResponseOutparam>,
+);
+/// What the host passes `wasi:http/handler@0.3.x#handle`, and what it returns.
+pub(crate) type P3Params = (Resource<p3_types::Request>,);
+pub(crate) type P3Results = (Result<Resource<p3_types::Response>, p3_types::ErrorCode>,);
+
 /// The handler interfaces at the versions of the WIT that
 /// wasmtime-wasi-http 50 is generated from.
 const P2_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
 const P3_HANDLER: &str = "wasi:http/handler@0.3.0";
 
 /// A linked component and where its HTTP handler sits among its exports,
-/// both found once when the component is loaded, the handler's type checked
-/// then by wasmtime-wasi-http's own `ProxyPre` (0.2) or `ServicePre` (0.3).
-/// Each request instantiates it and takes the handler by that index
-/// (`HandlerPre::instantiate`, in `instance`), without the name lookup and
-/// the second type check the bindings' `load` does on every instance.
+/// both found once when the component is loaded, and the handler's type
+/// checked then: a component whose `handle` has another type is refused at
+/// load. Each request instantiates it and takes the handler by that index
+/// (`HandlerPre::instantiate`, in `instance`), without a name lookup or a
+/// type check per instance.
 pub struct HandlerPre {
     pub(crate) pre: InstancePre<HostState>,
     /// The `handle` function of `wasi:http/incoming-handler@0.2.x` (P2) or
@@ -239,22 +249,29 @@ impl HandlerPre {
         let component = pre.component();
         let find = |interface: &str| {
             let instance = component.get_export_index(None, interface)?;
-            component.get_export_index(Some(&instance), "handle")
+            component.get_export(Some(&instance), "handle")
         };
-        let (handle, world) = match (find(P2_HANDLER), find(P3_HANDLER)) {
-            (Some(h), _) => (h, HttpWorld::P2),
-            (None, Some(h)) => (h, HttpWorld::P3),
+        let ((item, handle), world, interface) = match (find(P2_HANDLER), find(P3_HANDLER)) {
+            (Some(h), _) => (h, HttpWorld::P2, P2_HANDLER),
+            (None, Some(h)) => (h, HttpWorld::P3, P3_HANDLER),
             (None, None) => return Ok(None),
         };
-        let checked = match world {
-            HttpWorld::P2 => wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone())
-                .map(drop)
-                .map_err(|e| (P2_HANDLER, format!("{e:#}"))),
-            HttpWorld::P3 => wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone())
-                .map(drop)
-                .map_err(|e| (P3_HANDLER, format!("{e:#}"))),
+        let ComponentItem::ComponentFunc(func) = item else {
+            return Err((interface, "it is not a function".into()));
         };
-        checked?;
+        // wasmtime's own check of an export's type against the host's
+        // signature, with the types the linker gave the component (host
+        // resources included): what `Func::typed` does on each instance, and
+        // what the generated bindings do at load for a world's own function
+        // exports. (For an interface's functions, `ProxyPre::new` and
+        // `ServicePre::new` only look the export up; their `load` checks the
+        // type on every instance.)
+        let ty = pre.instance_type();
+        let checked = match world {
+            HttpWorld::P2 => func.typecheck::<P2Params, ()>(&ty),
+            HttpWorld::P3 => func.typecheck::<P3Params, P3Results>(&ty),
+        };
+        checked.map_err(|e| (interface, format!("{e:#}")))?;
         Ok(Some(HandlerPre {
             pre,
             handle,
@@ -317,8 +334,6 @@ pub struct LoadedComponent {
     pub source: PathBuf,
     /// `sha256:<hex>` of the `.wasm` bytes (shared: every span carries it).
     pub digest: Arc<str>,
-    /// Its server spans' `gantry.component.id` and `gantry.component.digest`.
-    pub span_attributes: FixedAttributes,
     pub size: u64,
     pub world: HttpWorld,
     pub handler: HandlerPre,
@@ -521,10 +536,6 @@ impl Runtime {
         let id: Arc<str> = Arc::from(id);
         let digest: Arc<str> = digest.into();
         Ok(LoadedComponent {
-            span_attributes: FixedAttributes::new(vec![
-                KeyValue::new("gantry.component.id", id.clone()),
-                KeyValue::new("gantry.component.digest", digest.clone()),
-            ]),
             id,
             source: path_buf,
             digest,

@@ -27,8 +27,8 @@ use crate::instance::{self, Admission, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
 use crate::runtime::{LiveApp, Runtime};
 use crate::telemetry::metrics::{Gauge, Metrics};
-use crate::telemetry::trace::FixedAttributes;
-use crate::telemetry::trace::{HexId, ServerSpan, Tracing};
+use crate::telemetry::trace::{HexId, Tracing, end_failed_server_span, end_server_span};
+use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
 
 /// Limits applied to every request.
@@ -207,49 +207,14 @@ impl AppServer {
         name.push_str(name_method);
         name.push(' ');
         name.push_str(route);
-        let mut span = self.tracing.server_span(&parent, name);
-        // Attributes only matter to a span that leaves the process.
-        if let Some(a) = span.attributes() {
-            // `http.request.method`, `network.protocol.version`.
-            match method_and_protocol(&parts.method, parts.version) {
-                Some(f) => a.fixed(f),
-                None => {
-                    if standard {
-                        a.str("http.request.method", method);
-                    } else {
-                        a.str("http.request.method", OTHER_METHOD);
-                        a.str("http.request.method_original", method);
-                    }
-                    a.str("network.protocol.version", protocol_version(parts.version));
-                }
-            }
-            // `http.route`, `url.scheme`.
-            a.fixed(&m.entry.span_attributes);
-            a.str("url.path", &path);
-            // `client.address`, `client.port`.
-            a.fixed(client.span_attributes());
-            match client.server_address(&host) {
-                Some(f) => a.fixed(f),
-                None => a.str("server.address", &host),
-            }
-            // `gantry.component.id`, `gantry.component.digest`.
-            a.fixed(&version.loaded.span_attributes);
-            if let Some(q) = parts.uri.query() {
-                a.str("url.query", q);
-            }
-            if let Some(ua) = parts
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-            {
-                a.str("user_agent.original", ua);
-            }
-        }
-        self.tracing.inject(&span.cx, &mut parts.headers);
+        let span = self.tracing.server_span(&parent, name, || {
+            server_span_attributes(&parts, &m.entry.raw, &path, client, &host, &version.loaded)
+        });
+        self.tracing.inject(&span, &mut parts.headers);
         // Every log line of this request carries its trace id.
         tracing::Span::current().record(
             "trace_id",
-            tracing::field::display(HexId(span.trace_id().to_bytes())),
+            tracing::field::display(HexId(span.span().span_context().trace_id().to_bytes())),
         );
 
         let overflow = Arc::new(AtomicBool::new(false));
@@ -280,7 +245,7 @@ impl AppServer {
                         "no free instance: the component has all {n} of its share of the pool"
                     ),
                 }
-                span.end_failed(503, "no_free_instance", "no free instance".into());
+                end_failed_server_span(&span, 503, "no_free_instance", "no free instance".into());
                 let mut r = plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Service Unavailable: no free instance\n",
@@ -301,20 +266,21 @@ impl AppServer {
             trace: TraceHandle {
                 tracing: self.tracing.clone(),
                 metrics: self.metrics.clone(),
-                cx: span.cx.clone(),
+                cx: span.clone(),
             },
             shared: self.shared.clone(),
         };
         let result = instance::invoke(call, request).await;
         if overflow.load(Ordering::Relaxed) {
             tracing::warn!(%component, limit = self.limits.max_request_body, "request body too large");
-            span.end_http(413);
+            end_server_span(&span, 413);
             return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large\n");
         }
-        let sampled = span.is_sampled().then(|| SampledTrace(span.trace_id()));
+        let sc = span.span().span_context().clone();
+        let sampled = sc.is_sampled().then(|| SampledTrace(sc.trace_id()));
         let mut resp = match result {
             Ok(resp) => {
-                span.end_http(resp.status().as_u16());
+                end_server_span(&span, resp.status().as_u16());
                 resp
             }
             Err(e) => self.error_response(&component, &path, e, span),
@@ -349,7 +315,7 @@ impl AppServer {
         component: &str,
         path: &str,
         e: InvokeError,
-        span: ServerSpan,
+        span: opentelemetry::Context,
     ) -> Response<WasiBody> {
         let reason = match &e {
             InvokeError::Timeout(_) => "timeout",
@@ -442,11 +408,6 @@ pub struct Peer {
     /// What the socket guard and the requests of this connection share.
     pub conn: Arc<ConnShared>,
     header: HeaderValue,
-    /// Made at the first recorded span.
-    attributes: std::sync::OnceLock<FixedAttributes>,
-    /// The first recorded request's `server.address`, which the
-    /// connection's later requests almost always repeat.
-    host: std::sync::OnceLock<(Box<str>, FixedAttributes)>,
 }
 
 impl Peer {
@@ -457,30 +418,7 @@ impl Peer {
             // Digits, dots, colons and brackets: always a valid value.
             header: HeaderValue::from_str(&addr.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
-            attributes: std::sync::OnceLock::new(),
-            host: std::sync::OnceLock::new(),
         }
-    }
-
-    /// `server.address` for `host`, made once: `None` when this request
-    /// names another host than the connection's first.
-    fn server_address(&self, host: &str) -> Option<&FixedAttributes> {
-        let (first, attribute) = self.host.get_or_init(|| {
-            (
-                Box::from(host),
-                FixedAttributes::new(vec![KeyValue::new("server.address", host.to_string())]),
-            )
-        });
-        (**first == *host).then_some(attribute)
-    }
-
-    fn span_attributes(&self) -> &FixedAttributes {
-        self.attributes.get_or_init(|| {
-            FixedAttributes::new(vec![
-                KeyValue::new("client.address", self.addr.ip().to_string()),
-                KeyValue::new("client.port", i64::from(self.addr.port())),
-            ])
-        })
     }
 }
 
@@ -525,48 +463,56 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `http.request.method` and `network.protocol.version` of a request with
-/// a standard method, made once for every pair.
-fn method_and_protocol(
-    method: &http::Method,
-    version: http::Version,
-) -> Option<&'static FixedAttributes> {
-    use http::{Method, Version};
-    const METHODS: [Method; 9] = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const VERSIONS: [Version; 5] = [
-        Version::HTTP_09,
-        Version::HTTP_10,
-        Version::HTTP_11,
-        Version::HTTP_2,
-        Version::HTTP_3,
-    ];
-    static TABLE: std::sync::OnceLock<Vec<FixedAttributes>> = std::sync::OnceLock::new();
-    let m = METHODS.iter().position(|x| x == method)?;
-    let v = VERSIONS.iter().position(|x| *x == version)?;
-    let table = TABLE.get_or_init(|| {
-        METHODS
-            .iter()
-            .flat_map(|m| {
-                VERSIONS.iter().map(move |v| {
-                    FixedAttributes::new(vec![
-                        KeyValue::new("http.request.method", m.as_str().to_string()),
-                        KeyValue::new("network.protocol.version", protocol_version(*v)),
-                    ])
-                })
-            })
-            .collect()
-    });
-    table.get(m * VERSIONS.len() + v)
+/// A server span's attributes (HTTP semantic conventions, and the
+/// component's id and digest).
+fn server_span_attributes(
+    parts: &http::request::Parts,
+    route: &Arc<str>,
+    path: &str,
+    client: &Peer,
+    host: &str,
+    loaded: &crate::runtime::LoadedComponent,
+) -> Vec<KeyValue> {
+    let method = parts.method.as_str();
+    let mut a = Vec::with_capacity(14);
+    if metric_method(&parts.method) != OTHER_METHOD {
+        a.push(KeyValue::new("http.request.method", method.to_string()));
+    } else {
+        a.push(KeyValue::new("http.request.method", OTHER_METHOD));
+        a.push(KeyValue::new(
+            "http.request.method_original",
+            method.to_string(),
+        ));
+    }
+    a.push(KeyValue::new(
+        "network.protocol.version",
+        protocol_version(parts.version),
+    ));
+    a.push(KeyValue::new("http.route", route.clone()));
+    a.push(KeyValue::new("url.scheme", "http"));
+    a.push(KeyValue::new("url.path", path.to_string()));
+    a.push(KeyValue::new(
+        "client.address",
+        client.addr.ip().to_string(),
+    ));
+    a.push(KeyValue::new("client.port", i64::from(client.addr.port())));
+    a.push(KeyValue::new("server.address", host.to_string()));
+    a.push(KeyValue::new("gantry.component.id", loaded.id.clone()));
+    a.push(KeyValue::new(
+        "gantry.component.digest",
+        loaded.digest.clone(),
+    ));
+    if let Some(q) = parts.uri.query() {
+        a.push(KeyValue::new("url.query", q.to_string()));
+    }
+    if let Some(ua) = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        a.push(KeyValue::new("user_agent.original", ua.to_string()));
+    }
+    a
 }
 
 fn protocol_version(v: http::Version) -> &'static str {
@@ -583,7 +529,7 @@ fn error_response(
     component: &str,
     path: &str,
     e: InvokeError,
-    span: ServerSpan,
+    span: opentelemetry::Context,
 ) -> Response<WasiBody> {
     let (error_type, status) = match &e {
         InvokeError::Timeout(_) => ("timeout", 504),
@@ -592,7 +538,7 @@ fn error_response(
         InvokeError::Instantiate(_) => ("instantiation", 500),
         InvokeError::Guest(_) => ("guest_error", 500),
     };
-    span.end_failed(status, error_type, e.to_string());
+    end_failed_server_span(&span, status, error_type, e.to_string());
     match e {
         InvokeError::Timeout(after) => {
             tracing::warn!(%component, %path, ?after, "request timed out");
@@ -795,56 +741,5 @@ pub async fn serve(
         () = tokio::time::sleep(drain) => {
             tracing::warn!("shutdown timeout of {drain:?} passed with requests still in flight");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn text(f: &FixedAttributes) -> Vec<String> {
-        f.values()
-            .iter()
-            .map(|kv| format!("{}={}", kv.key, kv.value))
-            .collect()
-    }
-
-    #[test]
-    fn standard_methods_and_versions_are_written_once_others_per_request() {
-        let got = method_and_protocol(&http::Method::PATCH, http::Version::HTTP_2)
-            .map(text)
-            .unwrap_or_default();
-        assert_eq!(
-            got,
-            vec!["http.request.method=PATCH", "network.protocol.version=2"]
-        );
-        let get = method_and_protocol(&http::Method::GET, http::Version::HTTP_11).map(text);
-        assert_eq!(
-            get,
-            Some(vec![
-                "http.request.method=GET".to_string(),
-                "network.protocol.version=1.1".to_string()
-            ])
-        );
-        let purge = http::Method::from_bytes(b"PURGE").unwrap_or_default();
-        assert!(method_and_protocol(&purge, http::Version::HTTP_11).is_none());
-    }
-
-    #[test]
-    fn a_connection_keeps_the_server_address_of_its_first_request() {
-        let peer = Peer::new(SocketAddr::from(([127, 0, 0, 1], 40000)));
-        assert_eq!(
-            peer.server_address("a.test:3000").map(text),
-            Some(vec!["server.address=a.test:3000".to_string()])
-        );
-        assert!(peer.server_address("a.test:3000").is_some());
-        assert!(
-            peer.server_address("b.test").is_none(),
-            "another host is written per request"
-        );
-        assert_eq!(
-            text(peer.span_attributes()),
-            vec!["client.address=127.0.0.1", "client.port=40000"]
-        );
     }
 }

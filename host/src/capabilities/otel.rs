@@ -307,7 +307,6 @@ fn number(n: &wm::MetricNumber) -> f64 {
 impl wm::Host for OtelView<'_> {
     fn export(&mut self, data: wm::ResourceMetrics) -> wasmtime::Result<Result<(), wm::Error>> {
         let component = self.0.component.clone();
-        let trace_id = self.0.server.span().span_context().trace_id();
         for scope in &data.scope_metrics {
             for m in &scope.metrics {
                 use wm::MetricData as D;
@@ -344,7 +343,6 @@ impl wm::Host for OtelView<'_> {
                                 &p.bounds,
                                 &p.bucket_counts,
                                 number(&p.sum),
-                                Some(trace_id),
                             );
                         }
                     }

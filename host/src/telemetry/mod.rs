@@ -72,26 +72,4 @@ impl RateLimit {
 pub mod logs;
 pub mod metrics;
 pub mod otlp_metrics;
-pub mod otlp_traces;
-pub mod span_queue;
 pub mod trace;
-
-/// An exporter for unit tests that keeps every span it is given.
-#[cfg(test)]
-#[derive(Debug, Clone, Default)]
-pub(crate) struct KeepSpans(
-    pub std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>,
-);
-
-#[cfg(test)]
-impl opentelemetry_sdk::trace::SpanExporter for KeepSpans {
-    async fn export(
-        &self,
-        batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend(batch);
-        }
-        Ok(())
-    }
-}

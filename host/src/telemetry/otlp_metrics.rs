@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
-use super::metrics::{FamilySnapshot, Kind, Metrics, Point};
+use super::metrics::Metrics;
 use super::trace::{otlp_configured, resource};
 
 /// Where and how pushes go.
@@ -226,9 +226,8 @@ impl MetricsExport {
                     _ = ticks.tick() => false,
                     _ = &mut stopped => true,
                 };
-                let families = metrics.snapshot();
-                let points = families.iter().map(|f| f.series.len() as u64).sum::<u64>();
-                let request = encode(&families, resource.clone(), started, SystemTime::now());
+                let (request, points) =
+                    encode(&metrics, resource.clone(), started, SystemTime::now());
                 let outcome = tokio::time::timeout(timeout, transport.send(request)).await;
                 let error = match outcome {
                     Ok(Ok(())) => None,
@@ -317,91 +316,136 @@ fn nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Encodes a snapshot as one OTLP export request.
+/// Encodes every family of `metrics` as one OTLP export request, from the
+/// data model its registry encodes (`Metrics::data_model`); also returns
+/// how many points it holds.
 pub fn encode(
-    families: &[FamilySnapshot],
+    metrics: &Metrics,
     resource: Resource,
     start: SystemTime,
     now: SystemTime,
-) -> ExportMetricsServiceRequest {
+) -> (ExportMetricsServiceRequest, u64) {
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model as pm;
     let (start, now) = (nanos(start), nanos(now));
     let cumulative = AggregationTemporality::Cumulative as i32;
+    let (families, names) = metrics.data_model();
+    let mut points = 0u64;
+    let attrs = |labels: &[pm::LabelPair]| -> Vec<KeyValue> {
+        labels
+            .iter()
+            .map(|l| string_kv(attribute_name(&l.name), &l.value))
+            .collect()
+    };
+    let number = |m: &pm::Metric, value: f64| NumberDataPoint {
+        attributes: attrs(&m.label),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
+    };
+    let exemplar = |e: &pm::Exemplar| Exemplar {
+        time_unix_nano: e
+            .timestamp
+            .as_ref()
+            .map(|t| (t.seconds.max(0) as u64) * 1_000_000_000 + t.nanos.max(0) as u64)
+            .unwrap_or(now),
+        trace_id: e
+            .label
+            .iter()
+            .find(|l| l.name == "trace_id")
+            .and_then(|l| opentelemetry::trace::TraceId::from_hex(&l.value).ok())
+            .map(|t| t.to_bytes().to_vec())
+            .unwrap_or_default(),
+        value: Some(exemplar::Value::AsDouble(e.value)),
+        ..Default::default()
+    };
     let metrics = families
-        .iter()
-        .filter(|f| !f.series.is_empty())
-        .map(|f| {
-            let attrs = |labels: &[(String, String)]| -> Vec<KeyValue> {
-                labels
-                    .iter()
-                    .map(|(k, v)| string_kv(attribute_name(k), v))
-                    .collect()
-            };
-            let numbers = || -> Vec<NumberDataPoint> {
-                f.series
-                    .iter()
-                    .filter_map(|s| match &s.point {
-                        Point::Number(v) => Some(NumberDataPoint {
-                            attributes: attrs(&s.labels),
-                            start_time_unix_nano: start,
-                            time_unix_nano: now,
-                            value: Some(number_data_point::Value::AsDouble(*v)),
-                            ..Default::default()
-                        }),
-                        Point::Histogram(_) => None,
-                    })
-                    .collect()
-            };
-            let data = match f.kind {
-                Kind::Counter => metric::Data::Sum(Sum {
-                    data_points: numbers(),
+        .into_iter()
+        .filter(|f| !f.metric.is_empty())
+        .filter_map(|f| {
+            let base = f.name.strip_suffix("_total").unwrap_or(&f.name);
+            let (name, unit) = names
+                .get(&f.name)
+                .or_else(|| names.get(base))
+                .cloned()
+                .unwrap_or_else(|| (f.name.clone(), ""));
+            points += f.metric.len() as u64;
+            let data = match pm::MetricType::try_from(f.r#type).ok()? {
+                pm::MetricType::Counter => metric::Data::Sum(Sum {
+                    data_points: f
+                        .metric
+                        .iter()
+                        .filter_map(|m| Some(number(m, m.counter.as_ref()?.value)))
+                        .collect(),
                     aggregation_temporality: cumulative,
                     is_monotonic: true,
                 }),
-                Kind::Gauge => metric::Data::Gauge(Gauge {
-                    data_points: numbers(),
+                pm::MetricType::Gauge => metric::Data::Gauge(Gauge {
+                    data_points: f
+                        .metric
+                        .iter()
+                        .filter_map(|m| Some(number(m, m.gauge.as_ref()?.value)))
+                        .collect(),
                 }),
-                Kind::Histogram => metric::Data::Histogram(Histogram {
+                pm::MetricType::Histogram => metric::Data::Histogram(Histogram {
                     aggregation_temporality: cumulative,
                     data_points: f
-                        .series
+                        .metric
                         .iter()
-                        .filter_map(|s| match &s.point {
-                            Point::Histogram(h) => Some(HistogramDataPoint {
-                                attributes: attrs(&s.labels),
+                        .filter_map(|m| {
+                            let h = m.histogram.as_ref()?;
+                            // Prometheus buckets are cumulative, OTLP's are
+                            // not; OTLP leaves the +Inf bound implicit.
+                            let mut below = 0;
+                            let mut bucket_counts: Vec<u64> = h
+                                .bucket
+                                .iter()
+                                .map(|b| {
+                                    let n = b.cumulative_count.saturating_sub(below);
+                                    below = b.cumulative_count;
+                                    n
+                                })
+                                .collect();
+                            let explicit_bounds: Vec<f64> = h
+                                .bucket
+                                .iter()
+                                .map(|b| b.upper_bound)
+                                .filter(|b| b.is_finite())
+                                .collect();
+                            if bucket_counts.len() == explicit_bounds.len() {
+                                bucket_counts.push(h.sample_count.saturating_sub(below));
+                            }
+                            Some(HistogramDataPoint {
+                                attributes: attrs(&m.label),
                                 start_time_unix_nano: start,
                                 time_unix_nano: now,
-                                count: h.count(),
-                                sum: Some(h.sum),
-                                bucket_counts: h.counts.clone(),
-                                explicit_bounds: h.bounds.clone(),
+                                count: h.sample_count,
+                                sum: Some(h.sample_sum),
+                                bucket_counts,
+                                explicit_bounds,
                                 exemplars: h
-                                    .exemplars
+                                    .bucket
                                     .iter()
-                                    .flatten()
-                                    .map(|e| Exemplar {
-                                        time_unix_nano: (e.timestamp * 1e9) as u64,
-                                        trace_id: e.trace_id.to_bytes().to_vec(),
-                                        value: Some(exemplar::Value::AsDouble(e.value)),
-                                        ..Default::default()
-                                    })
+                                    .filter_map(|b| b.exemplar.as_ref())
+                                    .map(exemplar)
                                     .collect(),
                                 ..Default::default()
-                            }),
-                            Point::Number(_) => None,
+                            })
                         })
                         .collect(),
                 }),
+                _ => return None,
             };
-            Metric {
-                name: f.otel_name.clone(),
-                description: f.help.clone(),
-                unit: f.unit.to_string(),
+            Some(Metric {
+                name,
+                description: f.help,
+                unit: unit.to_string(),
                 data: Some(data),
                 ..Default::default()
-            }
+            })
         })
         .collect();
-    ExportMetricsServiceRequest {
+    let request = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             resource: Some(resource),
             scope_metrics: vec![ScopeMetrics {
@@ -415,7 +459,8 @@ pub fn encode(
             }],
             ..Default::default()
         }],
-    }
+    };
+    (request, points)
 }
 
 #[cfg(test)]
@@ -476,12 +521,7 @@ mod tests {
                 opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").ok(),
             );
         m.guest_failures.with(&["broken", "trap"]).inc();
-        let req = encode(
-            &m.snapshot(),
-            Resource::default(),
-            UNIX_EPOCH,
-            SystemTime::now(),
-        );
+        let (req, _) = encode(&m, Resource::default(), UNIX_EPOCH, SystemTime::now());
         let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
         let duration = metrics
             .iter()
