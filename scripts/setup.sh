@@ -64,6 +64,9 @@ if [ ! -d "$tools/node_modules/@kubernetes-models/keda" ]; then
     npm install --silent --no-audit --no-fund --prefix "$tools" @kubernetes-models/keda@2.0.0
 fi
 
-cargo build --release --locked -p gantry
+# The host as the tests build it (the binary, and the tests with the
+# dependency features they unify to), so that scripts/test.sh compiles none
+# of it again.
+cargo test --release --locked -p gantry --no-run
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 echo "setup done: target/release/gantry"

@@ -221,42 +221,39 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// Splits `128MiB` into `(128, "MiB")`; `what` names the expected form.
-fn number_and_unit<'a>(s: &'a str, what: &str) -> Result<(u64, &'a str), String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n = num
-        .parse()
-        .map_err(|_| format!("expected {what}, got {s:?}"))?;
-    Ok((n, unit.trim()))
-}
-
 /// The most instances a pool may have.
 pub const MAX_POOL: u32 = 100_000;
 
 /// The longest duration any flag takes: a day.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds; more than zero, at most a day.
+/// `30s`, `500ms`, `2m`, `1h` (humantime's syntax), or plain seconds; more
+/// than zero, at most a day.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = number_and_unit(s, "a duration like 30s or 500ms")?;
-    let ms_per_unit: u64 = match unit {
-        "" | "s" => 1000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        u => return Err(format!("unknown duration unit {u:?} (use ms, s, m or h)")),
-    };
-    let d = n
-        .checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .filter(|d| *d <= MAX_DURATION)
-        .ok_or_else(|| format!("duration {s:?} is too long: at most 24h"))?;
+    let d = read_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is too long: at most 24h"));
+    }
     if d.is_zero() {
         return Err("duration must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn read_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("duration {s:?} is too long: at most 24h"));
+    }
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => {
+            format!("duration {s:?} is too long: at most 24h")
+        }
+        e => format!("expected a duration like 30s or 500ms, got {s:?}: {e}"),
+    })
 }
 
 /// A linear memory limit: at least one WebAssembly page, at most the 4 GiB a
@@ -273,31 +270,18 @@ fn parse_instance_memory(s: &str) -> Result<u64, String> {
 
 /// Like [`parse_duration`], but zero is allowed (`0` means "do not wait").
 fn parse_wait(s: &str) -> Result<Duration, String> {
-    match number_and_unit(s, "a duration like 100ms")? {
-        (0, "" | "ms" | "s" | "m" | "h") => Ok(Duration::ZERO),
+    match read_duration(s)? {
+        Duration::ZERO => Ok(Duration::ZERO),
         _ => parse_duration(s),
     }
 }
 
-/// `128MiB`, `10MB`, `512KiB`, `1GiB`, or plain bytes.
+/// `128MiB`, `10MB`, `512KiB`, `1GiB`, or plain bytes (bytesize's syntax).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (n, unit) = number_and_unit(s, "a size like 128MiB")?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        u => {
-            return Err(format!(
-                "unknown size unit {u:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("expected a size like 128MiB, got {s:?}: {e}"))
 }
 
 pub fn main() -> ExitCode {
@@ -615,6 +599,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             "telemetry not flushed within {TELEMETRY_FLUSH:?}: the collector does not answer; \
              what was still queued is dropped"
         );
+        tracing::info!("stopped");
+        // The SDK's exporter threads would still wait on the collector while
+        // the runtime and the providers are torn down: leave without them.
+        std::process::exit(0);
     }
     tracing::info!("stopped");
     Ok(())

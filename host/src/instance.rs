@@ -46,6 +46,29 @@ pub enum InvokeError {
     Guest(String),
 }
 
+impl InvokeError {
+    /// The status the client gets.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            InvokeError::Timeout(_) => http::StatusCode::GATEWAY_TIMEOUT,
+            InvokeError::Exhausted => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Its `reason` in `gantry_guest_failures` and its server span's
+    /// `error.type`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InvokeError::Timeout(_) => "timeout",
+            InvokeError::Exhausted => "no_free_instance",
+            InvokeError::Trap(_) => "trap",
+            InvokeError::Instantiate(_) => "instantiation",
+            InvokeError::Guest(_) => "guest_error",
+        }
+    }
+}
+
 /// Everything one call needs besides the request itself.
 pub struct Call {
     pub loaded: Arc<LoadedComponent>,
@@ -501,12 +524,12 @@ pub struct SetUpTimes {
 }
 
 fn classify_instantiation(e: wasmtime::Error) -> InvokeError {
-    let text = format!("{e:#}");
-    // The pooling allocator refuses with "maximum concurrent ... limit".
-    if text.contains("concurrent") || text.contains("pooling") {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
         InvokeError::Exhausted
     } else {
-        InvokeError::Instantiate(text)
+        InvokeError::Instantiate(format!("{e:#}"))
     }
 }
 

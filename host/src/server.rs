@@ -2,16 +2,13 @@
 //! fresh instance, and every failure turned into a status code in one place.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -218,22 +215,12 @@ impl AppServer {
         );
 
         let overflow = Arc::new(AtomicBool::new(false));
-        let body = LimitedBody {
-            inner: body,
-            remaining: self.limits.max_request_body,
-            limit: self.limits.max_request_body,
-            overflow: overflow.clone(),
-        }
-        .boxed_unsync();
+        let body = limited(body, self.limits.max_request_body, overflow.clone());
         let request = Request::from_parts(parts, body);
 
         let permit = match self.admit(slot).await {
             Ok(p) => p,
             Err(full) => {
-                self.metrics
-                    .guest_failures
-                    .with(&[&component, "no_free_instance"])
-                    .inc();
                 match full {
                     NoRoom::Pool => tracing::warn!(
                         %component,
@@ -245,14 +232,7 @@ impl AppServer {
                         "no free instance: the component has all {n} of its share of the pool"
                     ),
                 }
-                end_failed_server_span(&span, 503, "no_free_instance", "no free instance".into());
-                let mut r = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable: no free instance\n",
-                );
-                r.headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return r;
+                return self.fail(&component, &InvokeError::Exhausted, &span);
             }
         };
         let timeout = version.caps.timeout.unwrap_or(self.limits.request_timeout);
@@ -310,6 +290,8 @@ impl AppServer {
         ))
     }
 
+    /// Counts a failed request in `gantry_guest_failures`, logs it and
+    /// answers it.
     fn error_response(
         &self,
         component: &str,
@@ -317,15 +299,21 @@ impl AppServer {
         e: InvokeError,
         span: opentelemetry::Context,
     ) -> Response<WasiBody> {
-        let reason = match &e {
-            InvokeError::Timeout(_) => "timeout",
-            InvokeError::Exhausted => "no_free_instance",
-            InvokeError::Trap(_) => "trap",
-            InvokeError::Instantiate(_) => "instantiation",
-            InvokeError::Guest(_) => "guest_error",
-        };
-        self.metrics.guest_failures.with(&[component, reason]).inc();
-        error_response(component, path, e, span)
+        log_failure(component, path, &e);
+        self.fail(component, &e, &span)
+    }
+
+    fn fail(
+        &self,
+        component: &str,
+        e: &InvokeError,
+        span: &opentelemetry::Context,
+    ) -> Response<WasiBody> {
+        self.metrics
+            .guest_failures
+            .with(&[component, e.label()])
+            .inc();
+        failure_response(e, span)
     }
 }
 
@@ -525,47 +513,35 @@ fn protocol_version(v: http::Version) -> &'static str {
     }
 }
 
-fn error_response(
-    component: &str,
-    path: &str,
-    e: InvokeError,
-    span: opentelemetry::Context,
-) -> Response<WasiBody> {
-    let (error_type, status) = match &e {
-        InvokeError::Timeout(_) => ("timeout", 504),
-        InvokeError::Exhausted => ("no_free_instance", 503),
-        InvokeError::Trap(_) => ("trap", 500),
-        InvokeError::Instantiate(_) => ("instantiation", 500),
-        InvokeError::Guest(_) => ("guest_error", 500),
-    };
-    end_failed_server_span(&span, status, error_type, e.to_string());
+/// The response to a failed request, after its log line: the failure's
+/// status (503 with `Retry-After`), and its server span ended with it.
+fn failure_response(e: &InvokeError, span: &opentelemetry::Context) -> Response<WasiBody> {
+    let status = e.status();
+    end_failed_server_span(span, status.as_u16(), e.label(), e.to_string());
     match e {
-        InvokeError::Timeout(after) => {
-            tracing::warn!(%component, %path, ?after, "request timed out");
-            plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n")
-        }
+        InvokeError::Timeout(_) => plain(status, "Gateway Timeout\n"),
         InvokeError::Exhausted => {
-            tracing::warn!(%component, %path, "no free instance");
-            let mut r = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable: no free instance\n",
-            );
+            let mut r = plain(status, "Service Unavailable: no free instance\n");
             r.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-        InvokeError::Trap(msg) => {
-            tracing::error!(%component, %path, "guest trapped: {msg}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        _ => plain(status, "Internal Server Error\n"),
+    }
+}
+
+/// Logs a failed request.
+fn log_failure(component: &str, path: &str, e: &InvokeError) {
+    match e {
+        InvokeError::Timeout(after) => {
+            tracing::warn!(%component, %path, ?after, "request timed out")
         }
+        InvokeError::Exhausted => tracing::warn!(%component, %path, "no free instance"),
+        InvokeError::Trap(msg) => tracing::error!(%component, %path, "guest trapped: {msg}"),
         InvokeError::Instantiate(msg) => {
-            tracing::error!(%component, %path, "instantiation failed: {msg}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            tracing::error!(%component, %path, "instantiation failed: {msg}")
         }
-        InvokeError::Guest(msg) => {
-            tracing::error!(%component, %path, "handler failed: {msg}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
-        }
+        InvokeError::Guest(msg) => tracing::error!(%component, %path, "handler failed: {msg}"),
     }
 }
 
@@ -594,51 +570,25 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// The request body as the guest sees it: at most `limit` bytes; past that it
-/// ends with an error and the host answers 413.
-struct LimitedBody {
-    inner: Incoming,
-    remaining: u64,
-    limit: u64,
-    overflow: Arc<AtomicBool>,
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > self.remaining {
-                        self.overflow.store(true, Ordering::Relaxed);
-                        let limit = self.limit;
-                        return Poll::Ready(Some(Err(
-                            wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
-                        )));
-                    }
-                    self.remaining -= n;
+/// The request body as the guest sees it: at most `limit` bytes
+/// (`http_body_util::Limited`); past that it ends with
+/// `HTTP-request-body-size`, `overflow` is set and the host answers 413.
+fn limited(body: Incoming, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody {
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(body, cap)
+        .map_err(
+            move |e| match e.downcast::<http_body_util::LengthLimitError>() {
+                Ok(_) => {
+                    overflow.store(true, Ordering::Relaxed);
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+                Err(e) => match e.downcast::<hyper::Error>() {
+                    Ok(e) => (*e).into(),
+                    Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+                },
+            },
+        )
+        .boxed_unsync()
 }
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight
