@@ -190,8 +190,7 @@ pub struct UpArgs {
 
     /// Run WASI 0.2 components on the one engine that 0.3 components need,
     /// with wasmtime's concurrency support. By default they get a second
-    /// engine (and pool) without it, where an instance costs about a
-    /// quarter fewer instructions to create.
+    /// engine (and pool) without it, where an instance is cheaper to create.
     #[arg(long, env = "GANTRY_ONE_ENGINE")]
     pub one_engine: bool,
 
