@@ -16,7 +16,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogger, SdkLoggerProvider};
 
 use super::metrics::Counter;
-use super::trace::{otlp_configured, resource};
+use super::otlp_env::{otlp_configured, resource};
 
 /// The guest-log pipeline: present only when logs are exported.
 pub struct GuestLogs {

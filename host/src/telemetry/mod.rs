@@ -71,5 +71,6 @@ impl RateLimit {
 
 pub mod logs;
 pub mod metrics;
+pub mod otlp_env;
 pub mod otlp_metrics;
 pub mod trace;

@@ -13,7 +13,7 @@
 //! `gantry_telemetry_dropped_total{signal="metrics"}`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -26,7 +26,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 
 use super::metrics::Metrics;
-use super::trace::{otlp_configured, resource};
+use super::otlp_env::{
+    env_first, env_millis, http_signal_url, otlp_configured, resource, signal_headers,
+};
 
 /// Where and how pushes go.
 enum Transport {
@@ -45,87 +47,6 @@ enum Transport {
 pub struct MetricsExport {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-}
-
-/// The first of the named variables that is set and not blank.
-pub(crate) fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .filter_map(|n| std::env::var(n).ok())
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
-}
-
-pub(crate) fn env_millis(name: &str, default: u64) -> Duration {
-    Duration::from_millis(
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|ms| *ms > 0)
-            .unwrap_or(default),
-    )
-}
-
-/// `OTEL_EXPORTER_OTLP_HEADERS` syntax: `k1=v1,k2=v2`, values percent-encoded.
-pub fn parse_headers(text: &str) -> Vec<(String, String)> {
-    text.split(',')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| {
-            let v = url::form_urlencoded::parse(format!("v={}", v.trim()).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            (k.trim().to_string(), v)
-        })
-        .filter(|(k, _)| !k.is_empty())
-        .collect()
-}
-
-/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS`.
-pub(crate) fn signal_headers(signal: &str) -> Vec<(String, String)> {
-    let mut out = parse_headers(&env_first(&["OTEL_EXPORTER_OTLP_HEADERS"]).unwrap_or_default());
-    // Signal-specific headers override the general ones, key by key.
-    let own = format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS");
-    for (k, v) in parse_headers(&env_first(&[own.as_str()]).unwrap_or_default()) {
-        out.retain(|(ok, _)| !ok.eq_ignore_ascii_case(&k));
-        out.push((k, v));
-    }
-    out
-}
-
-/// Where an http/protobuf export of `signal` (`TRACES`, `METRICS`) goes,
-/// given `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` and `OTEL_EXPORTER_OTLP_ENDPOINT`:
-/// the signal's own endpoint as given, else the general one with the
-/// signal's path `/v1/<signal>`, else the local default (OTLP exporter
-/// specification). One that is not an http(s) URL with a host is refused,
-/// naming the variable it came from, so a typo fails at start instead of at
-/// every export.
-pub fn http_signal_url(
-    signal: &str,
-    own: Option<String>,
-    general: Option<String>,
-) -> anyhow::Result<String> {
-    let lower = signal.to_ascii_lowercase();
-    let (url, from) = match (own, general) {
-        (Some(s), _) => (s, format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")),
-        (None, Some(g)) => (
-            format!("{}/v1/{lower}", g.trim_end_matches('/')),
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
-        ),
-        (None, None) => (
-            format!("http://localhost:4318/v1/{lower}"),
-            "the default".to_string(),
-        ),
-    };
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url),
-        Ok(u) => anyhow::bail!(
-            "{from}: the OTLP {lower} endpoint {url:?} must be an http:// or https:// URL with \
-             a host, not {:?}",
-            u.scheme()
-        ),
-        Err(e) => anyhow::bail!("{from}: the OTLP {lower} endpoint {url:?} is not a URL: {e}"),
-    }
 }
 
 impl Transport {
@@ -466,6 +387,7 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::otlp_env::parse_headers;
 
     #[test]
     fn endpoints_follow_the_specification_and_bad_ones_are_refused() {

@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::otlp_env::{otlp_configured, resource};
 use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{
@@ -70,35 +71,6 @@ pub struct Tracing {
     /// Whether spans leave the process: only then are server spans given
     /// their attributes.
     exporting: bool,
-}
-
-fn env_set(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
-}
-
-/// `OTEL_SDK_DISABLED=true` turns every exporter off.
-pub fn sdk_disabled() -> bool {
-    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
-}
-
-/// Is an OTLP endpoint configured for `signal` (`TRACES`, `METRICS`, `LOGS`),
-/// and not turned off by `OTEL_SDK_DISABLED` or `OTEL_<SIGNAL>_EXPORTER=none`?
-pub fn otlp_configured(signal: &str) -> bool {
-    let off = std::env::var(format!("OTEL_{signal}_EXPORTER"))
-        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("none"));
-    !sdk_disabled()
-        && !off
-        && (env_set("OTEL_EXPORTER_OTLP_ENDPOINT")
-            || env_set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")))
-}
-
-pub fn resource() -> opentelemetry_sdk::Resource {
-    let mut b = opentelemetry_sdk::Resource::builder();
-    if !env_set("OTEL_SERVICE_NAME") {
-        b = b.with_service_name("gantry");
-    }
-    b.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 impl Tracing {
@@ -232,7 +204,7 @@ impl Tracing {
 /// An `http/protobuf` trace endpoint that is not an http(s) URL is refused
 /// at start, with the variable that gave it.
 fn check_http_endpoint() -> anyhow::Result<()> {
-    use super::otlp_metrics::{env_first, http_signal_url};
+    use super::otlp_env::{env_first, http_signal_url};
     let protocol = env_first(&[
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
