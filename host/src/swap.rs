@@ -242,20 +242,13 @@ impl Swapper {
                 return Err(e);
             }
         };
-        // Pins of a component whose grants did not change stay exactly as
-        // they are (a robot mid-drive keeps driving); changed grants are set
-        // up again, at their safe levels.
+        // Each capability takes up the new grants (GPIO keeps the pins of
+        // unchanged grants as they are).
         for (id, spec) in &new.app.components {
-            let before = old.app.components.get(id).map(|c| c.gpio.as_slice());
-            if before.is_some_and(|b| same_grants(b, &spec.gpio)) {
-                continue;
-            }
-            if let Err(e) = self.server.shared.claim(id, spec) {
+            let before = old.app.components.get(id);
+            if let Err(e) = self.server.shared.claim_again(id, before, spec) {
                 span.end();
                 return Err(SwapError::Manifest(format!("{e:#}")));
-            }
-            if before.is_some() {
-                tracing::info!(component = %id, "GPIO grants changed: its pins are back at their safe levels");
             }
         }
         let removed: Vec<String> = old
@@ -375,25 +368,6 @@ impl Swapper {
             let _ = self.replace(&slot.id, bytes.clone(), "file").await;
         }
     }
-}
-
-/// The same pins, modes and settings, wherever in the manifest they are written.
-fn same_grants(a: &[manifest::GpioGrant], b: &[manifest::GpioGrant]) -> bool {
-    let key = |g: &manifest::GpioGrant| {
-        (
-            g.label.clone(),
-            g.pin,
-            g.mode,
-            g.pull,
-            g.safe,
-            g.frequency_hz.to_bits(),
-        )
-    };
-    let mut a: Vec<_> = a.iter().map(key).collect();
-    let mut b: Vec<_> = b.iter().map(key).collect();
-    a.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
-    b.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
-    a == b
 }
 
 /// What identifies one version of a file without reading it.

@@ -225,6 +225,25 @@ impl GpioState {
     }
 }
 
+/// The same pins, modes and settings, wherever in the manifest they are written.
+fn same_grants(a: &[GpioGrant], b: &[GpioGrant]) -> bool {
+    let key = |g: &GpioGrant| {
+        (
+            g.label.clone(),
+            g.pin,
+            g.mode,
+            g.pull,
+            g.safe,
+            g.frequency_hz.to_bits(),
+        )
+    };
+    let mut a: Vec<_> = a.iter().map(key).collect();
+    let mut b: Vec<_> = b.iter().map(key).collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+    b.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
+    a == b
+}
+
 fn hardware(e: crate::gpio::BoardError) -> types::Error {
     types::Error::Hardware(e.to_string())
 }
@@ -267,6 +286,28 @@ impl Capability for Gpio {
 
     fn claim(host: &Arc<GpioHost>, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
         host.claim(component, &spec.gpio)
+    }
+
+    /// Pins of a component whose grants did not change stay exactly as they
+    /// are (a robot mid-drive keeps driving); changed grants are set up
+    /// again, at their safe levels.
+    fn claim_again(
+        host: &Arc<GpioHost>,
+        component: &str,
+        before: Option<&ComponentSpec>,
+        spec: &ComponentSpec,
+    ) -> anyhow::Result<()> {
+        if before.is_some_and(|b| same_grants(&b.gpio, &spec.gpio)) {
+            return Ok(());
+        }
+        host.claim(component, &spec.gpio)?;
+        if before.is_some() {
+            tracing::info!(
+                component,
+                "GPIO grants changed: its pins are back at their safe levels"
+            );
+        }
+        Ok(())
     }
 
     fn instance(host: &Arc<GpioHost>, grants: &Arc<GpioGrants>, request: &Request) -> GpioState {

@@ -74,6 +74,18 @@ pub trait Capability {
         Ok(())
     }
 
+    /// Like `claim`, for a component's new version while `before` (its
+    /// manifest entry until now, if it had one) serves: by default claimed
+    /// anew.
+    fn claim_again(
+        shared: &Self::Shared,
+        component: &str,
+        _before: Option<&ComponentSpec>,
+        spec: &ComponentSpec,
+    ) -> anyhow::Result<()> {
+        Self::claim(shared, component, spec)
+    }
+
     /// The state one instance of a component starts a request with.
     fn instance(shared: &Self::Shared, grant: &Self::Grant, request: &Request) -> Self::Instance;
 
@@ -150,6 +162,18 @@ macro_rules! capabilities {
             /// Takes up a component version's grants (see [`Capability::claim`]).
             pub fn claim(&self, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
                 $(<$cap as Capability>::claim(&self.$field, component, spec)?;)*
+                Ok(())
+            }
+
+            /// Takes up a new version's grants while `before` serves (see
+            /// [`Capability::claim_again`]).
+            pub fn claim_again(
+                &self,
+                component: &str,
+                before: Option<&ComponentSpec>,
+                spec: &ComponentSpec,
+            ) -> anyhow::Result<()> {
+                $(<$cap as Capability>::claim_again(&self.$field, component, before, spec)?;)*
                 Ok(())
             }
         }
