@@ -2,7 +2,10 @@
 # Prints the example app as two ConfigMaps for deploy/k3s (one ConfigMap is
 # capped at 1 MiB): `gantry-app` (spin.toml and the traced examples) and
 # `gantry-app-robot` (the robot). Components go in as binaryData.
-#   deploy/k3s/app-configmap.sh | kubectl apply -f -
+#   deploy/k3s/app-configmap.sh | kubectl apply --server-side -f -
+# Server-side: a client-side apply copies each object into its last-applied
+# annotation, which for a component-sized ConfigMap passes the 256 KiB that
+# Kubernetes allows all annotations (scripts/kubectl-dry-run.py checks both).
 # Applying it again after a rebuild hot-swaps what changed in every pod
 # (Gantry runs with --watch; the kubelet refreshes the volume within a minute).
 set -eu

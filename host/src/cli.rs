@@ -47,6 +47,23 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// Load and validate the manifest and every component, then exit; no listener.
     Check(CheckArgs),
+    /// Compile every component as `gantry up` with the same flags and
+    /// environment would, into a folder that `--precompiled` (or
+    /// GANTRY_PRECOMPILED_DIR) reads at start: no compile on the first request.
+    Compile(Box<CompileArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompileArgs {
+    /// Where to write the compiled components (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// The flags `gantry up` will run with: those that shape the compiled
+    /// code (--max-instance-memory, --memory-init, --no-pooling,
+    /// --one-engine) must match, or the artifacts are not used.
+    #[command(flatten)]
+    pub up: UpArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,6 +88,13 @@ pub struct AppArgs {
     /// Do not read or write the compile cache.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// A read-only folder of compiled components (written by `gantry
+    /// compile`), looked in before the cache. An artifact of another Gantry
+    /// or wasmtime version, other engine settings or another CPU has another
+    /// name there and is not used; the component is compiled instead.
+    #[arg(long, env = "GANTRY_PRECOMPILED_DIR", value_name = "DIR")]
+    pub precompiled: Option<PathBuf>,
 
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "text")]
@@ -288,6 +312,7 @@ pub fn main() -> ExitCode {
     let log_format = match &cli.command {
         Command::Up(a) => a.app.log_format,
         Command::Check(a) => a.app.log_format,
+        Command::Compile(a) => a.up.app.log_format,
     };
     telemetry::init_logging(log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -304,6 +329,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up(*args).await,
             Command::Check(args) => check(args),
+            Command::Compile(args) => compile(*args),
         }
     });
     match result {
@@ -328,6 +354,10 @@ fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool
         } else {
             args.cache_dir.clone().or_else(runtime::default_cache_dir)
         },
+        precompiled_dir: args
+            .precompiled
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty()),
         pooling,
         keep_resident: 0,
         memory_init_cow: true,
@@ -341,6 +371,80 @@ fn load_live(runtime: &Runtime, app: App, args: &AppArgs) -> anyhow::Result<Live
         let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("{}", lines.join("\n"))
     })
+}
+
+/// The engine settings `gantry up` runs with: `gantry compile` uses the same,
+/// so that what it writes is what `up` looks for.
+fn up_runtime_config(args: &UpArgs, app: &App, pool_size: u32) -> RuntimeConfig {
+    let data_sizes: Vec<Option<u64>> = app
+        .components
+        .values()
+        .map(|c| {
+            // Read only when valid: this runs before wasmtime has looked at it.
+            std::fs::read(&c.source)
+                .ok()
+                .filter(|b| runtime::is_valid_wasm(b))
+                .and_then(|b| runtime::data_segment_bytes(&b))
+        })
+        .collect();
+    let memory_init_cow = args.memory_init.use_cow(data_sizes.iter().copied());
+    let keep_resident = args
+        .pool_keep_resident
+        .unwrap_or_else(runtime::default_keep_resident);
+    tracing::info!(
+        mode = ?args.memory_init,
+        largest_data = data_sizes.iter().flatten().max().copied().unwrap_or(0),
+        copy_on_write = memory_init_cow,
+        keep_resident,
+        "instance memory initialisation"
+    );
+    RuntimeConfig {
+        keep_resident,
+        memory_init_cow,
+        plain_engine: !args.one_engine,
+        ..runtime_config(
+            &args.app,
+            pool_size,
+            args.max_instance_memory,
+            !args.no_pooling,
+        )
+    }
+}
+
+/// `gantry compile`: every component compiled into `--out`, as `up` would.
+fn compile(args: CompileArgs) -> anyhow::Result<()> {
+    let mut up = args.up;
+    let app = load_manifest(&up.app.manifest, true)?;
+    up.app.no_cache = false;
+    up.app.precompiled = None;
+    up.app.cache_dir = Some(args.out.clone());
+    let mut config = up_runtime_config(&up, &app, 1);
+    config.cache_dir = Some(args.out.clone());
+    let runtime = Runtime::new(config)?;
+    // Existing artifacts count: a second run compiles nothing.
+    let live = load_live(&runtime, app, &up.app)?;
+    for slot in &live.slots {
+        let v = slot.current.load();
+        let l = &v.loaded;
+        println!(
+            "  {:<12} {:>8} bytes  {}",
+            slot.id,
+            l.size,
+            if l.from_cache {
+                "(already compiled)".to_string()
+            } else {
+                format!("compiled in {:.2?}", l.compile_time)
+            }
+        );
+    }
+    println!(
+        "Compiled {} components into {} (serve with --precompiled {} or \
+         GANTRY_PRECOMPILED_DIR)",
+        live.slots.len(),
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -471,39 +575,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
     tokio::spawn(admin::serve(admin_listener, admin_state.clone()));
 
-    let data_sizes: Vec<Option<u64>> = app
-        .components
-        .values()
-        .map(|c| {
-            // Read only when valid: this runs before wasmtime has looked at it.
-            std::fs::read(&c.source)
-                .ok()
-                .filter(|b| runtime::is_valid_wasm(b))
-                .and_then(|b| runtime::data_segment_bytes(&b))
-        })
-        .collect();
-    let memory_init_cow = args.memory_init.use_cow(data_sizes.iter().copied());
-    let keep_resident = args
-        .pool_keep_resident
-        .unwrap_or_else(runtime::default_keep_resident);
-    tracing::info!(
-        mode = ?args.memory_init,
-        largest_data = data_sizes.iter().flatten().max().copied().unwrap_or(0),
-        copy_on_write = memory_init_cow,
-        keep_resident,
-        "instance memory initialisation"
-    );
-    let config = RuntimeConfig {
-        keep_resident,
-        memory_init_cow,
-        plain_engine: !args.one_engine,
-        ..runtime_config(
-            &args.app,
-            pool_size,
-            args.max_instance_memory,
-            !args.no_pooling,
-        )
-    };
+    let config = up_runtime_config(&args, &app, pool_size);
     tracing::info!(
         pool_size,
         max_instance_memory = args.max_instance_memory,

@@ -46,6 +46,9 @@ pub struct RuntimeConfig {
     pub max_instance_memory: u64,
     /// Where compiled components are kept between runs; `None` disables it.
     pub cache_dir: Option<PathBuf>,
+    /// A read-only folder of compiled components (`gantry compile`), looked
+    /// in before `cache_dir` and never written.
+    pub precompiled_dir: Option<PathBuf>,
     /// Use the pooling allocator if the probe allows it.
     pub pooling: bool,
     /// Bytes of each pooled memory and table kept resident (reset in place)
@@ -129,6 +132,7 @@ impl Default for RuntimeConfig {
             pool_size: 128,
             max_instance_memory: 128 << 20,
             cache_dir: default_cache_dir(),
+            precompiled_dir: None,
             pooling: true,
             keep_resident: default_keep_resident(),
             memory_init_cow: true,
@@ -585,27 +589,25 @@ impl Runtime {
         digest: &str,
         path: &Path,
     ) -> Result<(Component, bool), ComponentError> {
-        let cache_file = self.config.cache_dir.as_ref().map(|dir| {
-            // The engine's compatibility hash keys out artifacts from another
-            // wasmtime version or another set of engine settings.
-            let mut h = Sha256::new();
-            h.update(digest.as_bytes());
-            std::hash::Hash::hash(
-                &engine.precompile_compatibility_hash(),
-                &mut HashWriter(&mut h),
-            );
-            dir.join(format!("{:x}.cwasm", h.finalize()))
-        });
-        if let Some(file) = &cache_file
-            && file.is_file()
-        {
-            // SAFETY: the file is one this host wrote (atomically, below) into
-            // its own cache folder, keyed by content and engine hash; wasmtime
-            // checks the header and refuses artifacts of another engine.
+        let name = artifact_name(engine, digest);
+        let cache_file = self.config.cache_dir.as_ref().map(|dir| dir.join(&name));
+        let precompiled = self
+            .config
+            .precompiled_dir
+            .as_ref()
+            .map(|dir| dir.join(&name));
+        for file in [&precompiled, &cache_file].into_iter().flatten() {
+            if !file.is_file() {
+                continue;
+            }
+            // SAFETY: the file is one this host wrote (atomically, below, or
+            // by `gantry compile`) into a folder the operator gave it, named
+            // by content, Gantry version and engine hash; wasmtime checks
+            // the header again and refuses artifacts of another engine.
             match unsafe { Component::deserialize_file(engine, file) } {
                 Ok(c) => return Ok((c, true)),
                 Err(e) => {
-                    tracing::warn!(cache = %file.display(), "ignoring unusable cache entry: {e:#}");
+                    tracing::warn!(cache = %file.display(), "ignoring unusable compiled component: {e:#}");
                 }
             }
         }
@@ -620,6 +622,21 @@ impl Runtime {
         }
         Ok((component, false))
     }
+}
+
+/// The file name of a compiled component: its content digest, this Gantry's
+/// version and the engine's compatibility hash (wasmtime version, target,
+/// CPU features, settings), so that an artifact of any other build, engine
+/// or CPU is never looked up, let alone loaded.
+fn artifact_name(engine: &Engine, digest: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(digest.as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    std::hash::Hash::hash(
+        &engine.precompile_compatibility_hash(),
+        &mut HashWriter(&mut h),
+    );
+    format!("{:x}.cwasm", h.finalize())
 }
 
 fn write_cache(component: &Component, file: &Path) -> anyhow::Result<()> {

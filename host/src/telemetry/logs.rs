@@ -18,6 +18,24 @@ use opentelemetry_sdk::logs::{LogBatch, LogExporter, SdkLogger, SdkLoggerProvide
 use super::metrics::Counter;
 use super::otlp_env::{otlp_configured, resource};
 
+/// The OTLP log exporter the `OTEL_*` variables ask for, TLS as for traces.
+fn log_exporter() -> anyhow::Result<opentelemetry_otlp::LogExporter> {
+    use super::otlp_env::{Protocol, blocking_http_client, grpc_endpoint, grpc_tls, protocol};
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    let built = match protocol("LOGS")? {
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_http_client(blocking_http_client("LOGS")?)
+            .build(),
+        Protocol::Grpc => match grpc_tls("LOGS", &grpc_endpoint("LOGS"))? {
+            Some(tls) => builder.with_tonic().with_tls_config(tls).build(),
+            None => builder.with_tonic().build(),
+        },
+    };
+    built.map_err(|e| anyhow::anyhow!("cannot build the OTLP log exporter: {e}"))
+}
+
 /// The guest-log pipeline: present only when logs are exported.
 pub struct GuestLogs {
     provider: SdkLoggerProvider,
@@ -31,9 +49,7 @@ impl GuestLogs {
         if !otlp_configured("LOGS") {
             return Ok(None);
         }
-        let exporter = opentelemetry_otlp::LogExporter::builder()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot build the OTLP log exporter: {e}"))?;
+        let exporter = log_exporter()?;
         let provider = SdkLoggerProvider::builder()
             .with_resource(resource())
             .with_batch_exporter(CountingLogExporter {

@@ -115,3 +115,135 @@ pub fn http_signal_url(
         Err(e) => anyhow::bail!("{from}: the OTLP {lower} endpoint {url:?} is not a URL: {e}"),
     }
 }
+
+/// The OTLP transports Gantry speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`,
+/// else `http/protobuf` (the specification's default).
+pub fn protocol(signal: &str) -> anyhow::Result<Protocol> {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL");
+    match env_first(&[own.as_str(), "OTEL_EXPORTER_OTLP_PROTOCOL"]).as_deref() {
+        None | Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
+        Some("grpc") => Ok(Protocol::Grpc),
+        Some(other) => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported for {}: use \
+             \"http/protobuf\" or \"grpc\"",
+            signal.to_ascii_lowercase()
+        ),
+    }
+}
+
+/// Where a gRPC export of `signal` goes: its own endpoint, else the general
+/// one, else the local default; a `host:port` with no scheme is taken as
+/// `http://` unless `OTEL_EXPORTER_OTLP_INSECURE=false` asks for TLS.
+pub fn grpc_endpoint(signal: &str) -> String {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT");
+    let endpoint = env_first(&[own.as_str(), "OTEL_EXPORTER_OTLP_ENDPOINT"])
+        .unwrap_or_else(|| "http://localhost:4317".into());
+    if endpoint.contains("://") {
+        return endpoint;
+    }
+    let insecure = format!("OTEL_EXPORTER_OTLP_{signal}_INSECURE");
+    let tls = env_first(&[insecure.as_str(), "OTEL_EXPORTER_OTLP_INSECURE"])
+        .is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    format!("{}://{endpoint}", if tls { "https" } else { "http" })
+}
+
+/// The export timeout of `signal` (`OTEL_EXPORTER_OTLP[_<SIGNAL>]_TIMEOUT`,
+/// milliseconds; 10 s by default).
+pub fn export_timeout(signal: &str) -> Duration {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_TIMEOUT");
+    env_first(&[own.as_str(), "OTEL_EXPORTER_OTLP_TIMEOUT"])
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// Makes rustls use ring in every TLS client of the process (reqwest is
+/// built without a provider of its own). Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Trust anchors added to the system's for `signal`:
+/// `OTEL_EXPORTER_OTLP_<SIGNAL>_CERTIFICATE`, else
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, a PEM file of one or more CA
+/// certificates. A file that cannot be read or holds no certificate is
+/// refused at start, naming the variable.
+fn extra_roots_pem(signal: &str) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_CERTIFICATE");
+    let Some((var, path)) = [own.as_str(), "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+        .iter()
+        .find_map(|v| env_first(&[v]).map(|p| (v.to_string(), p)))
+    else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(&path)
+        .map_err(|e| anyhow::anyhow!("{var}: cannot read the CA certificate file {path:?}: {e}"))?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        anyhow::bail!("{var}: {path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----)");
+    }
+    Ok(Some((var, pem)))
+}
+
+fn reqwest_roots(signal: &str) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    match extra_roots_pem(signal)? {
+        None => Ok(Vec::new()),
+        Some((var, pem)) => reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| anyhow::anyhow!("{var}: not a PEM certificate bundle: {e}")),
+    }
+}
+
+/// The blocking HTTP client the SDK's batch exporters (traces, logs) post
+/// with: rustls, the system's roots plus the configured CA. Built on a
+/// thread of its own, as reqwest's blocking client must not be made (or
+/// dropped) inside the async runtime.
+pub fn blocking_http_client(signal: &str) -> anyhow::Result<reqwest::blocking::Client> {
+    install_tls_provider();
+    let roots = reqwest_roots(signal)?;
+    let timeout = export_timeout(signal);
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(timeout)
+            .tls_certs_merge(roots)
+            .build()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("building the OTLP HTTP client panicked"))?
+    .map_err(|e| anyhow::anyhow!("cannot build the OTLP HTTP client: {e}"))
+}
+
+/// The async HTTP client of the metrics push, with the same roots.
+pub fn http_client(signal: &str) -> anyhow::Result<reqwest::Client> {
+    install_tls_provider();
+    reqwest::Client::builder()
+        .timeout(export_timeout(signal))
+        .tls_certs_merge(reqwest_roots(signal)?)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the OTLP HTTP client: {e}"))
+}
+
+/// TLS for a gRPC export to `endpoint`: `None` for `http://`, else the
+/// system's roots plus the configured CA.
+pub fn grpc_tls(
+    signal: &str,
+    endpoint: &str,
+) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    if !endpoint.starts_with("https://") {
+        return Ok(None);
+    }
+    install_tls_provider();
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some((_, pem)) = extra_roots_pem(signal)? {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok(Some(tls))
+}

@@ -27,7 +27,8 @@ use prost::Message as _;
 
 use super::metrics::Metrics;
 use super::otlp_env::{
-    env_first, env_millis, http_signal_url, otlp_configured, resource, signal_headers,
+    Protocol, env_first, env_millis, export_timeout, grpc_endpoint, grpc_tls, http_client,
+    http_signal_url, otlp_configured, protocol, resource, signal_headers,
 };
 
 /// Where and how pushes go.
@@ -51,38 +52,34 @@ pub struct MetricsExport {
 
 impl Transport {
     fn from_env() -> anyhow::Result<Transport> {
-        let protocol = env_first(&[
-            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ])
-        .unwrap_or_else(|| "http/protobuf".into());
-        let signal = env_first(&["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]);
-        let general = env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]);
-        match protocol.as_str() {
-            "grpc" => {
-                let endpoint = signal
-                    .or(general)
-                    .unwrap_or_else(|| "http://localhost:4317".into());
-                let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+        match protocol("METRICS")? {
+            Protocol::Grpc => {
+                let endpoint = grpc_endpoint("METRICS");
+                let mut channel = tonic::transport::Channel::from_shared(endpoint.clone())
                     .map_err(|e| anyhow::anyhow!("OTLP metrics endpoint {endpoint:?}: {e}"))?
-                    .connect_lazy();
+                    .timeout(export_timeout("METRICS"));
+                if let Some(tls) = grpc_tls("METRICS", &endpoint)? {
+                    channel = channel.tls_config(tls).map_err(|e| {
+                        anyhow::anyhow!("OTLP metrics endpoint {endpoint:?}: TLS: {e}")
+                    })?;
+                }
                 Ok(Transport::Grpc {
-                    client: MetricsServiceClient::new(channel),
+                    client: MetricsServiceClient::new(channel.connect_lazy()),
                     headers: signal_headers("METRICS"),
                 })
             }
-            "http/protobuf" => {
-                let url = http_signal_url("METRICS", signal, general)?;
+            Protocol::HttpProtobuf => {
+                let url = http_signal_url(
+                    "METRICS",
+                    env_first(&["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]),
+                    env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]),
+                )?;
                 Ok(Transport::Http {
-                    client: reqwest::Client::new(),
+                    client: http_client("METRICS")?,
                     url,
                     headers: signal_headers("METRICS"),
                 })
             }
-            other => anyhow::bail!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported for metrics: use \
-                 \"http/protobuf\" or \"grpc\""
-            ),
         }
     }
 

@@ -80,9 +80,7 @@ impl Tracing {
         let processor = if exporting {
             check_http_endpoint()?;
             let mut exporter = CountingExporter {
-                inner: opentelemetry_otlp::SpanExporter::builder()
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}"))?,
+                inner: span_exporter()?,
                 dropped: metrics.dropped_spans.clone(),
             };
             exporter.set_resource(&res);
@@ -199,6 +197,26 @@ impl Tracing {
             logs.shutdown();
         }
     }
+}
+
+/// The OTLP span exporter the `OTEL_*` variables ask for, with TLS (the
+/// system's roots and `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`) where the
+/// endpoint is `https://`.
+fn span_exporter() -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use super::otlp_env::{Protocol, blocking_http_client, grpc_endpoint, grpc_tls, protocol};
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let built = match protocol("TRACES")? {
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_http_client(blocking_http_client("TRACES")?)
+            .build(),
+        Protocol::Grpc => match grpc_tls("TRACES", &grpc_endpoint("TRACES"))? {
+            Some(tls) => builder.with_tonic().with_tls_config(tls).build(),
+            None => builder.with_tonic().build(),
+        },
+    };
+    built.map_err(|e| anyhow::anyhow!("cannot build the OTLP trace exporter: {e}"))
 }
 
 /// An `http/protobuf` trace endpoint that is not an http(s) URL is refused

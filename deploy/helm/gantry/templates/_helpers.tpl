@@ -31,3 +31,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail (printf "app.source must be image or configMaps, not %q" .Values.app.source) -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "gantry.rppal" -}}
+{{- if not (has .Values.gpio.backend (list "sim" "rppal")) -}}
+{{- fail (printf "gpio.backend must be sim or rppal, not %q" .Values.gpio.backend) -}}
+{{- end -}}
+{{- if eq .Values.gpio.backend "rppal" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The KEDA floor: 0 in the http modes (the interceptor wakes the app), 1
+with prometheus (a pod at zero reports nothing, so nothing would wake it). */}}
+{{- define "gantry.minReplicas" -}}
+{{- $k := .Values.keda -}}
+{{- $http := has $k.mode (list "http" "http-legacy") -}}
+{{- if eq (toString $k.minReplicas) "" -}}
+{{- if $http }}0{{ else }}1{{ end -}}
+{{- else if and (not $http) (lt (int $k.minReplicas) 1) -}}
+{{- fail "keda.minReplicas must be at least 1 with keda.mode=prometheus: a pod at zero reports no metric, so nothing would wake it; use keda.mode=http to scale to zero" -}}
+{{- else -}}
+{{- int $k.minReplicas -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Traffic goes through the HTTP add-on's interceptor. */}}
+{{- define "gantry.viaInterceptor" -}}
+{{- if and .Values.keda.enabled (has .Values.keda.mode (list "http" "http-legacy")) -}}true{{- end -}}
+{{- end -}}
