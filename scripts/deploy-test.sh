@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Checks everything in deploy/ that this machine can check without a cluster:
-# the Helm chart (lint, and rendered with each way it can be set up), the k3s
-# manifests, the app ConfigMaps made from the built components, the KEDA and
-# Argo CD objects - each object validated against its schema
-# (scripts/validate-manifests.py) - and that the app folder the image and the
-# ConfigMaps carry is one `gantry check` accepts.
+# - the Helm chart, linted and rendered every way it can be set up, and the
+#   plain k3s, KEDA, Argo CD and collector manifests: each object against its
+#   kind's schema, strictly (scripts/validate-manifests.py), every name an
+#   object gives resolving in the same deployment (scripts/check-references.py),
+#   the collector and Prometheus configurations against what they wire to;
+# - what kubectl would send, within Kubernetes' size limits
+#   (scripts/kubectl-dry-run.py);
+# - the app folder the image and the ConfigMaps carry, loaded by `gantry check`;
+# - three replicas behind haproxy, scraped by Prometheus, scaled by the
+#   chart's own KEDA queries, one drained under load (scripts/replicas-test.py);
+# - the load test against the real host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,51 +27,127 @@ render() {
     "$helm" template gantry deploy/helm/gantry --namespace gantry --kube-version 1.33.0 "$@" \
         > "$out/helm-$name.yaml"
 }
-render default
+# Every way the chart can be set up: app source x GPIO backend x KEDA mode x
+# admin mutations. One board takes one pod, so rppal with KEDA must be refused.
+renders=()
+for source in image configMaps; do
+  for backend in sim rppal; do
+    for keda in off prometheus http http-legacy; do
+      for mutations in false true; do
+        name=$source-$backend-keda_$keda-mutations_$mutations
+        set -- --set app.source=$source,gpio.backend=$backend,admin.mutations=$mutations
+        [ $keda = off ] || set -- "$@" --set keda.enabled=true,keda.mode=$keda
+        [ $keda = prometheus ] && set -- "$@" --set serviceMonitor.enabled=true
+        if [ $backend = rppal ] && [ $keda != off ]; then
+            if "$helm" template gantry deploy/helm/gantry "$@" >/dev/null 2>"$out/$name.err"; then
+                echo "helm: $name rendered: GPIO with KEDA must be refused" >&2
+                exit 1
+            fi
+            grep -q "one board takes one pod" "$out/$name.err"
+            continue
+        fi
+        render "$name" "$@"
+        renders+=("$out/helm-$name.yaml")
+      done
+    done
+  done
+done
+echo "helm: ${#renders[@]} renders, GPIO with KEDA refused in each KEDA mode"
 render configmaps --set app.source=configMaps --set-string app.variables.upstream_url=http://upstream.example:8080
-render keda-prometheus --set keda.enabled=true,keda.mode=prometheus,serviceMonitor.enabled=true
-render keda-http --set keda.enabled=true,keda.mode=http,keda.minReplicas=0
-render keda-http-legacy --set keda.enabled=true,keda.mode=http-legacy,keda.minReplicas=0
-render rpi --set gpio.backend=rppal,app.source=configMaps
-render admin --set admin.mutations=true --set otel.endpoint=http://collector:4318
-if "$helm" template gantry deploy/helm/gantry --set gpio.backend=gpiod >/dev/null 2>"$out/bad.err"; then
-    echo "helm: gpio.backend=gpiod was accepted" >&2
-    exit 1
-fi
-grep -q "gpio.backend must be sim or rppal" "$out/bad.err"
+render otel --set otel.endpoint=https://collector:4318
+refuse_render() {
+    local want=$1
+    shift
+    if "$helm" template gantry deploy/helm/gantry "$@" >/dev/null 2>"$out/bad.err"; then
+        echo "helm: $* was accepted" >&2
+        exit 1
+    fi
+    grep -q -- "$want" "$out/bad.err" || { echo "helm: $* refused without '$want':" >&2; cat "$out/bad.err" >&2; exit 1; }
+}
+refuse_render "gpio.backend must be sim or rppal" --set gpio.backend=gpiod
+refuse_render "keda.minReplicas must be at least 1" --set keda.enabled=true,keda.mode=prometheus,serviceMonitor.enabled=true,keda.minReplicas=0
+refuse_render "set serviceMonitor.enabled=true" --set keda.enabled=true,keda.mode=prometheus
+refuse_render "set ingress.enabled=true" --set keda.enabled=true,keda.mode=http,ingress.enabled=false
 
 # What each way of setting it up must render.
 expect() { grep -q -- "$2" "$out/helm-$1.yaml" || { echo "helm-$1.yaml lacks: $2" >&2; exit 1; }; }
 refuse() { if grep -q -- "$2" "$out/helm-$1.yaml"; then echo "helm-$1.yaml has: $2" >&2; exit 1; fi; }
-expect default "replicas: 2"
-expect default "/app/spin.toml"
-expect default 'GANTRY_ADMIN_READ_ONLY'
-refuse default "kind: ScaledObject"
+d=image-sim-keda_off-mutations_false
+expect $d "replicas: 2"
+expect $d "/app/spin.toml"
+expect $d 'GANTRY_ADMIN_READ_ONLY'
+expect $d "kind: PodDisruptionBudget"
+expect $d "topologySpreadConstraints"
+expect $d "failureThreshold: 3"
+refuse $d "kind: ScaledObject"
 expect configmaps "/srv/app/spin.toml"
 expect configmaps "--watch"
 expect configmaps "name: gantry-app-robot"
 expect configmaps "upstream_url=http://upstream.example:8080"
-expect keda-prometheus "type: prometheus"
-expect keda-prometheus "kind: ServiceMonitor"
-refuse keda-prometheus "replicas:"
-expect keda-http "kind: InterceptorRoute"
-expect keda-http "type: external-push"
-expect keda-http "minReplicaCount: 0"
-expect keda-http "keda-add-ons-http-interceptor-proxy"
-expect keda-http-legacy "kind: HTTPScaledObject"
-expect rpi "privileged: true"
-expect rpi "kubernetes.io/arch: arm64"
-expect rpi "type: Recreate"
-expect rpi "path: /dev/gpiomem"
-expect admin "GANTRY_ADMIN_TOKEN"
-expect admin "kind: Secret"
-expect admin "OTEL_EXPORTER_OTLP_ENDPOINT"
+p=image-sim-keda_prometheus-mutations_false
+expect $p "type: prometheus"
+expect $p "kind: ServiceMonitor"
+expect $p "release: kube-prometheus-stack"
+expect $p "minReplicaCount: 1"
+refuse $p "replicas:"
+h=image-sim-keda_http-mutations_false
+expect $h "kind: InterceptorRoute"
+expect $h "type: external-push"
+expect $h "minReplicaCount: 0"
+expect $h "keda-add-ons-http-interceptor-proxy"
+expect $h "kind: HelmChartConfig"
+expect $h "allowExternalNameServices: true"
+expect image-sim-keda_http-legacy-mutations_false "kind: HTTPScaledObject"
+expect image-sim-keda_http-legacy-mutations_false "min: 0"
+r=configMaps-rppal-keda_off-mutations_false
+expect $r "privileged: true"
+expect $r "kubernetes.io/arch: arm64"
+expect $r "gantry.dev/gpio: rpi"
+expect $r "type: Recreate"
+expect $r "path: /dev/gpiomem0"
+refuse $r "kind: PodDisruptionBudget"
+m=image-sim-keda_off-mutations_true
+expect $m "GANTRY_ADMIN_TOKEN"
+expect $m "kind: Secret"
+expect $m "helm.sh/resource-policy: keep"
+expect otel "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 # The app ConfigMaps, from the components built here.
 KUBECTL=$tools/kubectl deploy/k3s/app-configmap.sh > "$out/app-configmaps.yaml"
 
-python3 scripts/validate-manifests.py "$out"/*.yaml deploy/k3s/*.yaml \
-    deploy/keda/*.yaml deploy/keda/http-add-on/*.yaml deploy/argocd/*.yaml
+# Every object against its kind's schema, strictly.
+python3 scripts/validate-manifests.py "${renders[@]}" "$out/helm-configmaps.yaml" \
+    "$out/helm-otel.yaml" "$out/app-configmaps.yaml" deploy/k3s/*.yaml \
+    deploy/keda/*.yaml deploy/keda/http-add-on/*.yaml deploy/argocd/*.yaml \
+    deploy/observability/otel-collector-*.yaml
+
+# Every name an object gives resolves in the same deployment.
+for f in "${renders[@]}"; do
+    python3 scripts/check-references.py "$f" --external "$out/app-configmaps.yaml" >/dev/null \
+        || python3 scripts/check-references.py "$f" --external "$out/app-configmaps.yaml"
+done
+echo "references: ${#renders[@]} renders ok"
+k3s=(deploy/k3s/namespace.yaml deploy/k3s/deployment.yaml deploy/k3s/service.yaml
+     deploy/k3s/servicemonitor.yaml deploy/k3s/pdb.yaml)
+python3 scripts/check-references.py "${k3s[@]}" deploy/k3s/ingress.yaml \
+    deploy/keda/scaledobject-prometheus.yaml --external "$out/app-configmaps.yaml"
+python3 scripts/check-references.py "${k3s[@]}" deploy/keda/http-add-on/interceptorroute.yaml \
+    deploy/keda/http-add-on/scaledobject.yaml deploy/keda/http-add-on/ingress.yaml \
+    --external "$out/app-configmaps.yaml"
+python3 scripts/check-references.py "${k3s[@]}" deploy/keda/http-add-on/httpscaledobject-legacy.yaml \
+    deploy/keda/http-add-on/ingress.yaml --external "$out/app-configmaps.yaml"
+python3 scripts/check-references.py deploy/k3s/namespace.yaml deploy/k3s/deployment-rpi.yaml \
+    --external "$out/app-configmaps.yaml"
+python3 scripts/check-collector-config.py deploy/observability/otel-collector-*.yaml \
+    --gantry deploy/k3s/deployment.yaml "$out/helm-otel.yaml"
+python3 scripts/check-prometheus-config.py deploy/observability/prometheus.yml \
+    deploy/k3s/service.yaml deploy/keda/scaledobject-prometheus.yaml
+
+# What kubectl would send: the plain manifests client-side, the ConfigMaps
+# server-side (as documented), each within Kubernetes' size limits.
+python3 scripts/kubectl-dry-run.py "$tools/kubectl" deploy/k3s/*.yaml deploy/keda/*.yaml \
+    deploy/keda/http-add-on/*.yaml deploy/observability/otel-collector-*.yaml \
+    --server-side "$out/app-configmaps.yaml"
 
 # The app folder the image and the ConfigMaps carry loads as it is.
 deploy/stage-app.sh "$out/app"
@@ -98,4 +180,7 @@ PY
 kill -TERM $gantry_pid
 wait $gantry_pid
 trap - EXIT
+
+python3 scripts/replicas-test.py target/release/gantry "$out/app/spin.toml" \
+    "$out/helm-image-sim-keda_prometheus-mutations_false.yaml"
 echo "deploy: chart, manifests, app folder and load test check out"
