@@ -4,7 +4,9 @@
 # the same component, A/B/C/D interleaved, at concurrency 1 and 50; then the
 # micro figures (instantiation, router lookup, start-up with a cold and warm
 # compile cache, idle RSS with the example app and with 1..500 components);
-# last, telemetry's cost in instructions per request.
+# then telemetry's cost in instructions per request; last, a fresh
+# container's start to first 200, compiling against precompiled (the image,
+# built and run by scripts/image-test.sh).
 # Prints figures and ratios; asserts nothing. Run scripts/setup.sh first (hey,
 # the collector, valgrind, the toolchain). About 13 minutes with the defaults, plus a
 # one-time build of wasmtime-cli (~15 min) and of the 500-component cache.
@@ -26,3 +28,5 @@ cargo bench --locked -p gantry --bench compare
 cargo bench --locked -p gantry --bench micro
 # Telemetry on against off once more, then counted in instructions (callgrind).
 cargo bench --locked -p gantry --bench telemetry
+# Start to first 200 of a fresh container, compiling and precompiled.
+scripts/image-test.sh

@@ -22,7 +22,11 @@ What is checked, in the namespace each object lives in:
   and that ServiceMonitor carries the label kube-prometheus-stack selects
   (`release: <name>`, the name taken from the trigger's serverAddress);
 - every Secret, ConfigMap and port a pod template names exists;
-- a PodDisruptionBudget or topology spread selects the workload's pods.
+- a PodDisruptionBudget or topology spread selects the workload's pods;
+- an Argo CD Application that ignores differences also respects them on sync
+  (`RespectIgnoreDifferences=true`: otherwise every sync writes them back,
+  fighting KEDA over the replica count), ignores the replica count of every
+  Deployment an autoscaler owns, and names only objects the render has.
 """
 import re
 import sys
@@ -100,7 +104,26 @@ class Check:
                 self.err(p, hso, "the HTTP add-on holds requests at zero, yet replicas.min is not 0")
         for p, so in self.of("ScaledObject"):
             self.scaled_object(p, so)
+        for p, app in self.of("Application"):
+            self.argo(p, app)
         return self.errors
+
+    def argo(self, p, app):
+        spec = app["spec"]
+        ignored = spec.get("ignoreDifferences", [])
+        options = spec.get("syncPolicy", {}).get("syncOptions", [])
+        if ignored and "RespectIgnoreDifferences=true" not in options:
+            self.err(p, app, "ignores differences but syncs them back (no RespectIgnoreDifferences=true)")
+        for ig in ignored:
+            name = ig.get("name")
+            if name and not any(d.get("kind") == ig["kind"] and d["metadata"].get("name") == name
+                                for _, d in self.docs):
+                self.err(p, app, f"ignores {ig['kind']} {name}, which the render lacks")
+        scaled = {so["spec"]["scaleTargetRef"]["name"] for _, so in self.of("ScaledObject")}
+        scaled |= {h["spec"]["scaleTargetRef"]["name"] for _, h in self.of("HTTPScaledObject")}
+        if scaled and not any(ig["kind"] == "Deployment" and "/spec/replicas" in ig.get("jsonPointers", [])
+                              for ig in ignored):
+            self.err(p, app, f"KEDA scales {sorted(scaled)}, yet the replica count is not ignored")
 
     def service(self, p, svc):
         spec = svc["spec"]

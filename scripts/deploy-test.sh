@@ -138,6 +138,13 @@ python3 scripts/check-references.py "${k3s[@]}" deploy/keda/http-add-on/httpscal
     deploy/keda/http-add-on/ingress.yaml --external "$out/app-configmaps.yaml"
 python3 scripts/check-references.py deploy/k3s/namespace.yaml deploy/k3s/deployment-rpi.yaml \
     --external "$out/app-configmaps.yaml"
+# Argo CD: the chart as application-helm.yaml renders it (KEDA http, admin
+# mutations), and the plain manifests with KEDA, each with its Application.
+render argocd --set keda.enabled=true,keda.mode=http,admin.mutations=true
+python3 scripts/check-references.py "$out/helm-argocd.yaml" deploy/argocd/application-helm.yaml
+python3 scripts/check-references.py "${k3s[@]}" deploy/k3s/ingress.yaml \
+    deploy/keda/scaledobject-prometheus.yaml deploy/argocd/application.yaml \
+    --external "$out/app-configmaps.yaml"
 python3 scripts/check-collector-config.py deploy/observability/otel-collector-*.yaml \
     --gantry deploy/k3s/deployment.yaml "$out/helm-otel.yaml"
 python3 scripts/check-prometheus-config.py deploy/observability/prometheus.yml \

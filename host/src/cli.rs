@@ -164,7 +164,8 @@ pub struct UpArgs {
 
     /// Memory all instances together may use: the pool must fit in it
     /// (pool size x max instance memory). Default: three quarters of the
-    /// memory the process may use (its cgroup's limit, else the machine's).
+    /// memory the process may use (its cgroup's limit, v2 or v1, else the
+    /// machine's).
     #[arg(long, env = "GANTRY_MEMORY_BUDGET", value_parser = parse_size)]
     pub memory_budget: Option<u64>,
 
@@ -711,9 +712,18 @@ fn sized_pool(asked: Option<u32>, budget: u64, instance: u64) -> anyhow::Result<
 /// Three quarters of what the process may use: its cgroup's memory limit
 /// where there is one, else the machine's memory.
 fn default_memory_budget() -> u64 {
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
+    // cgroup v2, else v1 (still what some Raspberry Pi and older k3s nodes
+    // run; an unlimited v1 group reads as a huge number, cut by MemTotal).
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|f| {
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    });
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
