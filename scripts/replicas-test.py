@@ -22,7 +22,6 @@ Every server runs on 127.0.0.1 with its own data directory, and is stopped.
 """
 import json
 import math
-import os
 import re
 import signal
 import socket
@@ -31,28 +30,11 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def get(url, timeout=5):
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return None, ""
+from loopback import free_port, get
 
 
 def wait(what, pred, seconds=60):
