@@ -100,6 +100,7 @@ source = "{wasm}/hello.wasm"
     let shared = Shared::new(&Settings {
         metrics: metrics.clone(),
         board,
+        key_value: Default::default(),
     })
     .expect("capabilities");
     for slot in &live.slots {

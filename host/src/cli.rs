@@ -89,6 +89,17 @@ pub struct AppArgs {
     #[arg(long)]
     pub no_cache: bool,
 
+    /// Spin's runtime-config file: where key-value stores and SQLite
+    /// databases live (`[key_value_store.<label>]`,
+    /// `[sqlite_database.<label>]`, `state_dir`).
+    #[arg(long, value_name = "FILE")]
+    pub runtime_config_file: Option<PathBuf>,
+
+    /// Folder of the app's state (Spin's default: `.spin` beside
+    /// spin.toml): the default key-value store and SQLite database.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// A read-only folder of compiled components (written by `gantry
     /// compile`), looked in before the cache. An artifact of another Gantry
     /// or wasmtime version, other engine settings or another CPU has another
@@ -342,6 +353,28 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The runtime-config file (if any) and the state folder: `--state-dir`,
+/// else the file's `state_dir`, else `.spin` beside spin.toml (Spin's).
+fn key_value_config(args: &AppArgs, app: &App) -> anyhow::Result<capabilities::key_value::Config> {
+    let file = match &args.runtime_config_file {
+        Some(path) => {
+            crate::manifest::runtime_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        None => Default::default(),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .unwrap_or_else(|| app.dir.join(".spin"));
+    let stores = file
+        .key_value_stores
+        .iter()
+        .map(|(label, s)| (label.clone(), s.backend.clone()))
+        .collect();
+    Ok(capabilities::key_value::Config::new(&state_dir, &stores))
+}
+
 fn load_manifest(path: &Path, check_sources: bool) -> anyhow::Result<App> {
     manifest::load_with(path, check_sources).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -450,6 +483,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let app = load_manifest(&args.app.manifest, true)?;
+    key_value_config(&args.app, &app)?;
     let config = runtime_config(&args.app, 1, 128 << 20, false);
     let runtime = Runtime::new(config)?;
     let live = load_live(&runtime, app, &args.app)?;
@@ -562,6 +596,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let shared = Arc::new(capabilities::Shared::new(&capabilities::Settings {
         metrics: metrics.clone(),
         board: board.clone(),
+        key_value: key_value_config(&args.app, &app)?,
     })?);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

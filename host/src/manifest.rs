@@ -13,6 +13,7 @@ use toml::Spanned;
 
 mod gpio;
 mod outbound_hosts;
+pub mod runtime_config;
 mod template;
 pub use gpio::{GpioGrant, MAX_BCM};
 pub use outbound_hosts::{HostPattern, OTHER, default_port};
@@ -114,6 +115,24 @@ pub struct ComponentSpec {
     pub gantry_location: Location,
     /// Pins granted by `tool.gantry.gpio`, by label.
     pub gpio: Vec<GpioGrant>,
+    /// Key-value stores granted (`key_value_stores`), by label.
+    pub key_value_stores: Vec<StoreGrant>,
+}
+
+/// One store label a component is granted, and where it was granted.
+#[derive(Debug, Clone)]
+pub struct StoreGrant {
+    pub label: String,
+    pub location: Location,
+}
+
+/// Spin's store labels: letters, digits, `_` and `-`, not empty.
+pub fn is_valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 128
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// One `allowed_outbound_hosts` entry: parsed now when it is literal, or kept as a
@@ -309,7 +328,7 @@ struct RawComponent {
     #[serde(default)]
     allowed_http_hosts: Option<Spanned<toml::Value>>,
     #[serde(default)]
-    key_value_stores: Option<Spanned<toml::Value>>,
+    key_value_stores: Vec<Spanned<String>>,
     #[serde(default)]
     sqlite_databases: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -667,7 +686,6 @@ impl<'a> Ctx<'a> {
         let unsupported = [
             ("files", raw.files.as_ref()),
             ("exclude_files", raw.exclude_files.as_ref()),
-            ("key_value_stores", raw.key_value_stores.as_ref()),
             ("sqlite_databases", raw.sqlite_databases.as_ref()),
             ("ai_models", raw.ai_models.as_ref()),
             ("dependencies", raw.dependencies.as_ref()),
@@ -779,6 +797,30 @@ impl<'a> Ctx<'a> {
                     comp_vars.insert(k.into_inner(), t);
                 }
                 Err(e) => errors.push(e),
+            }
+        }
+
+        // Key-value stores: labels, each once.
+        let mut key_value_stores: Vec<StoreGrant> = Vec::new();
+        for (i, label) in raw.key_value_stores.into_iter().enumerate() {
+            let field = format!("{base}.key_value_stores[{i}]");
+            let location = self.location(label.span(), Some(&field));
+            let label = label.into_inner();
+            if !is_valid_label(&label) {
+                errors.push(ManifestError {
+                    location,
+                    message: format!(
+                        "{label:?} is not a store label: use letters, digits, `_` and `-` \
+                         (at most 128), e.g. \"default\""
+                    ),
+                });
+            } else if key_value_stores.iter().any(|g| g.label == label) {
+                errors.push(ManifestError {
+                    location,
+                    message: format!("store {label:?} is granted twice"),
+                });
+            } else {
+                key_value_stores.push(StoreGrant { label, location });
             }
         }
 
@@ -911,6 +953,7 @@ impl<'a> Ctx<'a> {
             gantry,
             gantry_location,
             gpio: Vec::new(),
+            key_value_stores,
         })
     }
 

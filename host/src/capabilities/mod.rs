@@ -13,6 +13,7 @@
 //! See `README.md` in this folder for the steps to add one.
 
 pub mod gpio;
+pub mod key_value;
 pub mod otel;
 pub mod outbound_http;
 pub mod stdio;
@@ -23,9 +24,22 @@ pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "gantry:host/guest-imports",
-        imports: { default: trappable },
+        imports: {
+            default: trappable,
+            // Synchronous for the guest; async on the host, so that the
+            // store is reached on the blocking pool.
+            "fermyon:spin/key-value.[static]store.open": async | trappable,
+            "fermyon:spin/key-value.[method]store.get": async | trappable,
+            "fermyon:spin/key-value.[method]store.set": async | trappable,
+            "fermyon:spin/key-value.[method]store.delete": async | trappable,
+            "fermyon:spin/key-value.[method]store.exists": async | trappable,
+            "fermyon:spin/key-value.[method]store.get-keys": async | trappable,
+            "fermyon:spin/key-value.[drop]store": async | trappable,
+        },
         with: {
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "fermyon:spin/key-value.store": super::key_value::OpenStore,
+            "spin:key-value/key-value.store": super::key_value::OpenStore,
         },
     });
 }
@@ -103,6 +117,8 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// The GPIO board (real or simulated), opened at start.
     pub board: Arc<dyn crate::gpio::Board>,
+    /// What backs each key-value store label.
+    pub key_value: key_value::Config,
 }
 
 /// The request one instance serves: its component, its telemetry (tracer,
@@ -206,6 +222,7 @@ capabilities! {
     wasi: stdio::Wasi,
     http: outbound_http::OutboundHttp,
     variables: variables::Variables,
+    key_value: key_value::KeyValue,
     otel: otel::Otel,
     gpio: gpio::Gpio,
 }

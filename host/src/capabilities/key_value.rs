@@ -1,0 +1,574 @@
+//! Spin's key-value stores: `fermyon:spin/key-value@2.0.0` (spin-sdk 2 to 5)
+//! and `spin:key-value/key-value@3.0.0` (async, spin-sdk 6+), over the
+//! stores the runtime config defines.
+//!
+//! Owns: the `key_value_stores` grant, the app-wide open stores (a SQLite
+//! file per path, shared by the labels it holds, in Spin's layout: table
+//! `spin_key_value(store, key, value)`, so data moves between `spin up` and
+//! `gantry up`), and each instance's open store handles. `default` is SQLite
+//! in `<state dir>/sqlite_key_value.db` unless the runtime config says
+//! otherwise. A label the component was not granted is `access-denied`; one
+//! no store backs is `no-such-store`, as in Spin. Every store call runs on
+//! the blocking pool, bounded by SQLite's busy timeout.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Accessor, Linker, Resource, ResourceTable};
+
+use super::bindings;
+use super::{Capability, HostState, Request, Settings};
+use crate::manifest::runtime_config::KeyValueBackend;
+use crate::manifest::{ComponentSpec, ManifestError};
+
+use bindings::fermyon::spin::key_value as v2;
+use bindings::spin::key_value::key_value as v3;
+
+/// Longest key a guest may use, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Largest value a guest may store, in bytes.
+pub const MAX_VALUE: usize = 1 << 20;
+/// Most keys `get-keys` returns; a store with more answers an error.
+pub const MAX_KEYS: usize = 10_000;
+/// Most stores one instance may hold open at once.
+pub const MAX_OPEN: usize = 16;
+/// How long a call waits for another writer of the same SQLite file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What backs each store label: resolved at start from the state folder
+/// and the runtime config.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub stores: BTreeMap<String, KeyValueBackend>,
+    /// Where `type = "spin"` stores without a `path` live.
+    pub default_file: PathBuf,
+}
+
+impl Config {
+    /// Spin's defaults (`default` in `<state_dir>/sqlite_key_value.db`),
+    /// then the runtime config's stores over them.
+    pub fn new(state_dir: &Path, configured: &BTreeMap<String, KeyValueBackend>) -> Config {
+        let mut stores = BTreeMap::new();
+        stores.insert("default".to_string(), KeyValueBackend::Spin { path: None });
+        for (label, backend) in configured {
+            stores.insert(label.clone(), backend.clone());
+        }
+        Config {
+            stores,
+            default_file: state_dir.join("sqlite_key_value.db"),
+        }
+    }
+}
+
+/// A store's operations, called on the blocking pool.
+trait Backend: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
+    fn delete(&self, key: &str) -> Result<(), String>;
+    fn exists(&self, key: &str) -> Result<bool, String>;
+    fn keys(&self) -> Result<Vec<String>, String>;
+}
+
+/// One SQLite file, opened once, shared by the labels it holds.
+struct SqliteFile {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl SqliteFile {
+    fn open(path: &Path) -> anyhow::Result<SqliteFile> {
+        use anyhow::Context as _;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the state folder {}", dir.display()))?;
+        }
+        let conn = rusqlite::Connection::open(path)
+            .with_context(|| format!("cannot open the key-value database {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never wait for the writer, and a write acknowledged
+        // to the guest is in the log before the call returns (it survives
+        // the process being killed).
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| {
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS spin_key_value (
+                        store TEXT NOT NULL,
+                        key   TEXT NOT NULL,
+                        value BLOB NOT NULL,
+                        PRIMARY KEY (store, key)
+                    )",
+                )
+            })
+            .with_context(|| {
+                format!(
+                    "{} is not a usable key-value database (corrupt, read-only, or not SQLite)",
+                    path.display()
+                )
+            })?;
+        Ok(SqliteFile {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "the store is unusable".to_string())?;
+        f(&conn).map_err(|e| e.to_string())
+    }
+}
+
+/// One label's view of a SQLite file.
+struct SqliteStore {
+    file: Arc<SqliteFile>,
+    label: String,
+}
+
+impl Backend for SqliteStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.file.with(|c| {
+            use rusqlite::OptionalExtension as _;
+            c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                .query_row((&self.label, key), |r| r.get(0))
+                .optional()
+        })
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.file.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute((&self.label, key, value))
+            .map(|_| ())
+        })
+    }
+    fn delete(&self, key: &str) -> Result<(), String> {
+        self.file.with(|c| {
+            c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+                .execute((&self.label, key))
+                .map(|_| ())
+        })
+    }
+    fn exists(&self, key: &str) -> Result<bool, String> {
+        self.file.with(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM spin_key_value WHERE store = ?1 AND key = ?2)",
+            )?
+            .query_row((&self.label, key), |r| r.get(0))
+        })
+    }
+    fn keys(&self) -> Result<Vec<String>, String> {
+        let keys = self.file.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT key FROM spin_key_value WHERE store = ?1 ORDER BY key LIMIT ?2",
+            )?;
+            let rows = stmt.query_map((&self.label, (MAX_KEYS + 1) as i64), |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+        })?;
+        if keys.len() > MAX_KEYS {
+            return Err(format!(
+                "the store holds more than {MAX_KEYS} keys, more than get-keys returns"
+            ));
+        }
+        Ok(keys)
+    }
+}
+
+/// The app-wide stores: each label's backend, opened when a component
+/// granted it is loaded.
+pub struct Stores {
+    config: Config,
+    open: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    files: Mutex<HashMap<PathBuf, Arc<SqliteFile>>>,
+}
+
+impl Stores {
+    fn backend(&self, label: &str) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store table poisoned"))?;
+        if let Some(b) = open.get(label) {
+            return Ok(Some(b.clone()));
+        }
+        let Some(backend) = self.config.stores.get(label) else {
+            return Ok(None);
+        };
+        let b: Arc<dyn Backend> = match backend {
+            KeyValueBackend::Spin { path } => {
+                let path = path
+                    .clone()
+                    .unwrap_or_else(|| self.config.default_file.clone());
+                let mut files = self
+                    .files
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("store table poisoned"))?;
+                let file = match files.get(&path) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let f = Arc::new(SqliteFile::open(&path)?);
+                        files.insert(path.clone(), f.clone());
+                        f
+                    }
+                };
+                Arc::new(SqliteStore {
+                    file,
+                    label: label.to_string(),
+                })
+            }
+            KeyValueBackend::Redis { url } => anyhow::bail!(
+                "key-value store {label:?}: a Redis store ({url}) is not served by this Gantry \
+                 yet; use type = \"spin\""
+            ),
+        };
+        open.insert(label.to_string(), b.clone());
+        Ok(Some(b))
+    }
+}
+
+/// An open store handle, held in the instance's resource table.
+pub struct OpenStore {
+    backend: Arc<dyn Backend>,
+}
+
+/// One instance's key-value state.
+pub struct KeyValueInstance {
+    granted: Arc<BTreeSet<String>>,
+    stores: Arc<Stores>,
+    open: usize,
+}
+
+/// Why a call failed, in both interface versions' terms.
+enum Failure {
+    AccessDenied,
+    NoSuchStore,
+    TableFull,
+    Other(String),
+}
+
+impl From<Failure> for v2::Error {
+    fn from(f: Failure) -> v2::Error {
+        match f {
+            Failure::AccessDenied => v2::Error::AccessDenied,
+            Failure::NoSuchStore => v2::Error::NoSuchStore,
+            Failure::TableFull => v2::Error::StoreTableFull,
+            Failure::Other(m) => v2::Error::Other(m),
+        }
+    }
+}
+
+impl From<Failure> for v3::Error {
+    fn from(f: Failure) -> v3::Error {
+        match f {
+            Failure::AccessDenied => v3::Error::AccessDenied,
+            Failure::NoSuchStore => v3::Error::NoSuchStore,
+            Failure::TableFull => v3::Error::StoreTableFull,
+            Failure::Other(m) => v3::Error::Other(m),
+        }
+    }
+}
+
+/// The store and resource table a call reaches.
+pub struct KvView<'a> {
+    kv: &'a mut KeyValueInstance,
+    table: &'a mut ResourceTable,
+}
+
+impl KvView<'_> {
+    fn open(&mut self, label: &str) -> wasmtime::Result<Result<Resource<OpenStore>, Failure>> {
+        if !self.kv.granted.contains(label) {
+            return Ok(Err(Failure::AccessDenied));
+        }
+        if self.kv.open >= MAX_OPEN {
+            return Ok(Err(Failure::TableFull));
+        }
+        let backend = match self.kv.stores.backend(label) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Err(Failure::NoSuchStore)),
+            Err(e) => return Ok(Err(Failure::Other(format!("{e:#}")))),
+        };
+        match self.table.push(OpenStore { backend }) {
+            Ok(r) => {
+                self.kv.open += 1;
+                Ok(Ok(r))
+            }
+            Err(_) => Ok(Err(Failure::TableFull)),
+        }
+    }
+
+    fn backend(&self, store: &Resource<OpenStore>) -> wasmtime::Result<Arc<dyn Backend>> {
+        Ok(self.table.get(store)?.backend.clone())
+    }
+
+    fn close(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.table.delete(store)?;
+        self.kv.open = self.kv.open.saturating_sub(1);
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Failure> {
+    if key.len() > MAX_KEY {
+        return Err(Failure::Other(format!(
+            "key of {} bytes: keys are at most {MAX_KEY} bytes",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Failure::Other),
+        Err(e) => Err(Failure::Other(format!("the store call failed: {e}"))),
+    }
+}
+
+async fn get(b: Arc<dyn Backend>, key: String) -> Result<Option<Vec<u8>>, Failure> {
+    check_key(&key)?;
+    blocking(move || b.get(&key)).await
+}
+
+async fn set(b: Arc<dyn Backend>, key: String, value: Vec<u8>) -> Result<(), Failure> {
+    check_key(&key)?;
+    if value.len() > MAX_VALUE {
+        return Err(Failure::Other(format!(
+            "value of {} bytes: values are at most {MAX_VALUE} bytes",
+            value.len()
+        )));
+    }
+    blocking(move || b.set(&key, &value)).await
+}
+
+async fn delete(b: Arc<dyn Backend>, key: String) -> Result<(), Failure> {
+    check_key(&key)?;
+    blocking(move || b.delete(&key)).await
+}
+
+async fn exists(b: Arc<dyn Backend>, key: String) -> Result<bool, Failure> {
+    check_key(&key)?;
+    blocking(move || b.exists(&key)).await
+}
+
+async fn keys(b: Arc<dyn Backend>) -> Result<Vec<String>, Failure> {
+    blocking(move || b.keys()).await
+}
+
+// fermyon:spin/key-value@2.0.0: synchronous for the guest, async here so
+// that SQLite runs on the blocking pool.
+impl v2::Host for KvView<'_> {}
+
+impl v2::HostStore for KvView<'_> {
+    async fn open(
+        &mut self,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, v2::Error>> {
+        Ok(self.open(&label)?.map_err(Into::into))
+    }
+    async fn get(
+        &mut self,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, v2::Error>> {
+        let b = self.backend(&store)?;
+        Ok(get(b, key).await.map_err(Into::into))
+    }
+    async fn set(
+        &mut self,
+        store: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), v2::Error>> {
+        let b = self.backend(&store)?;
+        Ok(set(b, key, value).await.map_err(Into::into))
+    }
+    async fn delete(
+        &mut self,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), v2::Error>> {
+        let b = self.backend(&store)?;
+        Ok(delete(b, key).await.map_err(Into::into))
+    }
+    async fn exists(
+        &mut self,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, v2::Error>> {
+        let b = self.backend(&store)?;
+        Ok(exists(b, key).await.map_err(Into::into))
+    }
+    async fn get_keys(
+        &mut self,
+        store: Resource<OpenStore>,
+    ) -> wasmtime::Result<Result<Vec<String>, v2::Error>> {
+        let b = self.backend(&store)?;
+        Ok(keys(b).await.map_err(Into::into))
+    }
+    async fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.close(store)
+    }
+}
+
+pub struct HasKv;
+impl wasmtime::component::HasData for HasKv {
+    type Data<'a> = KvView<'a>;
+}
+
+// spin:key-value/key-value@3.0.0: async functions; `get-keys` answers a
+// stream of keys and a future of the outcome.
+impl v3::Host for KvView<'_> {}
+
+impl v3::HostStore for KvView<'_> {
+    fn drop(&mut self, store: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.close(store)
+    }
+}
+
+impl<U> v3::HostStoreWithStore<U> for HasKv {
+    async fn open(
+        accessor: &Accessor<U, Self>,
+        label: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, v3::Error>> {
+        let r = accessor.with(|mut view| view.get().open(&label))?;
+        Ok(r.map_err(Into::into))
+    }
+    async fn get(
+        accessor: &Accessor<U, Self>,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, v3::Error>> {
+        let b = accessor.with(|mut view| view.get().backend(&store))?;
+        Ok(get(b, key).await.map_err(Into::into))
+    }
+    async fn set(
+        accessor: &Accessor<U, Self>,
+        store: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), v3::Error>> {
+        let b = accessor.with(|mut view| view.get().backend(&store))?;
+        Ok(set(b, key, value).await.map_err(Into::into))
+    }
+    async fn delete(
+        accessor: &Accessor<U, Self>,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), v3::Error>> {
+        let b = accessor.with(|mut view| view.get().backend(&store))?;
+        Ok(delete(b, key).await.map_err(Into::into))
+    }
+    async fn exists(
+        accessor: &Accessor<U, Self>,
+        store: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, v3::Error>> {
+        let b = accessor.with(|mut view| view.get().backend(&store))?;
+        Ok(exists(b, key).await.map_err(Into::into))
+    }
+    async fn get_keys(
+        accessor: &Accessor<U, Self>,
+        store: Resource<OpenStore>,
+    ) -> wasmtime::Result<(
+        wasmtime::component::StreamReader<String>,
+        wasmtime::component::FutureReader<Result<(), v3::Error>>,
+    )> {
+        let b = accessor.with(|mut view| view.get().backend(&store))?;
+        let (list, outcome) = match keys(b).await {
+            Ok(list) => (list, Ok(())),
+            Err(e) => (Vec::new(), Err(v3::Error::from(e))),
+        };
+        accessor.with(|mut access| {
+            let stream = wasmtime::component::StreamReader::new(&mut access, list)?;
+            let done = wasmtime::component::FutureReader::new(&mut access, async move {
+                wasmtime::error::Ok(outcome)
+            })?;
+            Ok((stream, done))
+        })
+    }
+}
+
+/// The key-value capability.
+pub struct KeyValue;
+
+impl Capability for KeyValue {
+    type Grant = Arc<BTreeSet<String>>;
+    type Shared = Arc<Stores>;
+    type Instance = KeyValueInstance;
+
+    fn shared(settings: &Settings) -> anyhow::Result<Arc<Stores>> {
+        Ok(Arc::new(Stores {
+            config: settings.key_value.clone(),
+            open: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn grant(
+        spec: &ComponentSpec,
+        _values: &BTreeMap<String, String>,
+    ) -> Result<Arc<BTreeSet<String>>, ManifestError> {
+        Ok(Arc::new(
+            spec.key_value_stores
+                .iter()
+                .map(|g| g.label.clone())
+                .collect(),
+        ))
+    }
+
+    /// Every granted label must have a store, opened now: a missing or
+    /// unusable store stops the load (or refuses the swap), naming it.
+    fn claim(stores: &Arc<Stores>, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
+        for g in &spec.key_value_stores {
+            match stores.backend(&g.label) {
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!(
+                    "{}: component {component:?} is granted key-value store {:?}, which no \
+                     store backs: define [key_value_store.{}] in the runtime config \
+                     (--runtime-config-file)",
+                    g.location,
+                    g.label,
+                    g.label
+                ),
+                Err(e) => anyhow::bail!("{}: {e:#}", g.location),
+            }
+        }
+        Ok(())
+    }
+
+    fn instance(
+        stores: &Arc<Stores>,
+        grant: &Arc<BTreeSet<String>>,
+        _request: &Request,
+    ) -> KeyValueInstance {
+        KeyValueInstance {
+            granted: grant.clone(),
+            stores: stores.clone(),
+            open: 0,
+        }
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
+        fn get(s: &mut HostState) -> KvView<'_> {
+            KvView {
+                kv: &mut s.caps.key_value,
+                table: &mut s.table,
+            }
+        }
+        v2::add_to_linker::<HostState, HasKv>(linker, get)?;
+        if concurrent {
+            v3::add_to_linker::<HostState, HasKv>(linker, get)?;
+        }
+        Ok(())
+    }
+}
