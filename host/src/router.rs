@@ -4,7 +4,8 @@
 //! Rules (Spin's, which follow its `routefinder`-based router):
 //! - `/cart` is exact; a trailing slash on route or path is not significant.
 //! - `/cart/...` matches `/cart` and everything below it; `/...` matches all.
-//! - `:name` matches one segment and is passed as `spin-path-match-name`.
+//! - `:name` matches one segment and is passed as `spin-path-match-name`
+//!   (underscores become hyphens, as in Spin).
 //! - Where several match, the most specific wins, segment by segment from the
 //!   left: a literal beats `:name`, which beats a trailing wildcard; an exact
 //!   end beats a wildcard that matches nothing.
@@ -322,7 +323,12 @@ pub fn insert_spin_headers(
         }
     }
     for (name, value) in &m.params {
-        let name = format!("spin-path-match-{}", name.to_ascii_lowercase());
+        // As Spin forms it: `:path_segment` arrives as
+        // `spin-path-match-path-segment`.
+        let name = format!(
+            "spin-path-match-{}",
+            name.to_ascii_lowercase().replace('_', "-")
+        );
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -406,7 +412,11 @@ mod tests {
 
     #[test]
     fn headers_like_spin() {
-        let r = router(&[("/api/...", "api"), ("/users/:id", "users")]);
+        let r = router(&[
+            ("/api/...", "api"),
+            ("/users/:id", "users"),
+            ("/posts/:post_id/:Path_Segment", "posts"),
+        ]);
         let m = r.route("/api/v1/x").unwrap();
         let h = headers(&m, "http://h:3000/api/v1/x?q=1", "127.0.0.1:5");
         assert_eq!(h["spin-full-url"], "http://h:3000/api/v1/x?q=1");
@@ -421,6 +431,11 @@ mod tests {
         assert_eq!(h["spin-path-match-id"], "42");
         assert_eq!(h["spin-path-info"], "");
         assert_eq!(h["spin-component-route"], "/users/:id");
+        let m = r.route("/posts/7/intro").unwrap();
+        let h = headers(&m, "u", "c");
+        assert_eq!(h["spin-path-match-post-id"], "7");
+        assert_eq!(h["spin-path-match-path-segment"], "intro");
+        assert!(!h.contains_key("spin-path-match-post_id"));
     }
 
     #[test]

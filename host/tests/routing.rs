@@ -25,6 +25,9 @@ component = "exact"
 route = "/users/:id"
 component = "user"
 [[trigger.http]]
+route = "/posts/:post_id/:path_segment"
+component = "user"
+[[trigger.http]]
 route = { private = true }
 component = "hidden"
 
@@ -98,6 +101,11 @@ async fn most_specific_route_wins_with_spin_headers() {
     let h = spin(&g, "/users/42").await;
     assert_eq!(h["spin-raw-component-route"], "/users/:id");
     assert_eq!(h["spin-path-match-id"], "42");
+    // Header names as Spin forms them: underscores become hyphens.
+    let h = spin(&g, "/posts/7/intro").await;
+    assert_eq!(h["spin-path-match-post-id"], "7");
+    assert_eq!(h["spin-path-match-path-segment"], "intro");
+    assert!(h.get("spin-path-match-post_id").is_none());
 
     // A client cannot forge the host's headers.
     let r = send(
