@@ -47,6 +47,7 @@ start() {
     "${podman[@]}" run -d --name "$name" --network host --read-only \
         --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
         --tmpfs /var/cache/gantry:rw,size=64m,mode=1777 \
+        --tmpfs /var/lib/gantry:rw,size=64m,mode=1777 \
         -e GANTRY_LISTEN="127.0.0.1:$port" -e GANTRY_ADMIN_LISTEN="127.0.0.1:$admin" \
         "$@" "$image" >/dev/null
     for _ in $(seq 1 600); do
@@ -66,7 +67,10 @@ body=$(curl -fsS "http://127.0.0.1:$port/alpha")
 echo "image answered: $body"
 grep -q '"route":"alpha"' <<<"$body"
 logs=$("${podman[@]}" logs "$name" 2>&1)
-grep -q "from_cache=5" <<<"$logs" || { echo "the image compiled at start:"; echo "$logs"; exit 1; } >&2
+components=$(grep -c '^\[component\.[^].]*\]$' target/image-app/spin.toml)
+grep -q "from_cache=$components" <<<"$logs" || { echo "the image compiled at start:"; echo "$logs"; exit 1; } >&2
+counter=$(curl -fsS "http://127.0.0.1:$port/counter")
+grep -q '"count":1' <<<"$counter" || { echo "/counter answered: $counter" >&2; exit 1; }
 user=$("${podman[@]}" inspect --format '{{.Config.User}}' "$name")
 [ "$user" = "65532:65532" ] || { echo "image runs as '$user', not 65532:65532" >&2; exit 1; }
 # Read-only admin port: a swap through it is refused.

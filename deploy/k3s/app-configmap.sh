@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prints the example app as two ConfigMaps for deploy/k3s (one ConfigMap is
 # capped at 1 MiB): `gantry-app` (spin.toml and the traced examples) and
-# `gantry-app-robot` (the robot). Components go in as binaryData.
+# `gantry-app-robot` (the robot and the counter). Components go in as binaryData.
 #   deploy/k3s/app-configmap.sh | kubectl apply --server-side -f -
 # Server-side: a client-side apply copies each object into its last-applied
 # annotation, which for a component-sized ConfigMap passes the 256 KiB that
@@ -20,4 +20,4 @@ trap 'rm -rf "$app"' EXIT
     --from-file="$app/beta.wasm" --from-file="$app/broken.wasm"
 echo "---"
 "$kubectl" create configmap gantry-app-robot --namespace "$namespace" --dry-run=client -o yaml \
-    --from-file="$app/robot.wasm"
+    --from-file="$app/robot.wasm" --from-file="$app/counter.wasm"

@@ -101,6 +101,7 @@ source = "{wasm}/hello.wasm"
         metrics: metrics.clone(),
         board,
         key_value: Default::default(),
+        sqlite: Default::default(),
     })
     .expect("capabilities");
     for slot in &live.slots {

@@ -97,7 +97,7 @@ pub struct AppArgs {
 
     /// Folder of the app's state (Spin's default: `.spin` beside
     /// spin.toml): the default key-value store and SQLite database.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "GANTRY_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
     /// A read-only folder of compiled components (written by `gantry
@@ -128,6 +128,11 @@ pub struct UpArgs {
     /// Run each component's build command before serving.
     #[arg(long)]
     pub build: bool,
+
+    /// A SQL statement, or `@FILE` of statements, run against the default
+    /// SQLite database before serving (repeatable, in order; as `spin up`).
+    #[arg(long = "sqlite", value_name = "STATEMENT|@FILE")]
+    pub sqlite: Vec<String>,
 
     /// Swap a component in when its `.wasm` changes, and re-read spin.toml
     /// when it changes (routes and components added, removed, replaced).
@@ -353,9 +358,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The runtime-config file (if any) and the state folder: `--state-dir`,
-/// else the file's `state_dir`, else `.spin` beside spin.toml (Spin's).
-fn key_value_config(args: &AppArgs, app: &App) -> anyhow::Result<capabilities::key_value::Config> {
+/// Where the app's state lives: the runtime-config file's stores and
+/// databases over Spin's defaults, in the state folder (`--state-dir`, else
+/// the file's `state_dir`, else `.spin` beside spin.toml, Spin's).
+fn state_config(
+    args: &AppArgs,
+    app: &App,
+) -> anyhow::Result<(
+    capabilities::key_value::Config,
+    capabilities::sqlite::Config,
+)> {
     let file = match &args.runtime_config_file {
         Some(path) => {
             crate::manifest::runtime_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?
@@ -372,7 +384,43 @@ fn key_value_config(args: &AppArgs, app: &App) -> anyhow::Result<capabilities::k
         .iter()
         .map(|(label, s)| (label.clone(), s.backend.clone()))
         .collect();
-    Ok(capabilities::key_value::Config::new(&state_dir, &stores))
+    let databases = file
+        .sqlite_databases
+        .iter()
+        .map(|(label, d)| (label.clone(), d.path.clone()))
+        .collect();
+    Ok((
+        capabilities::key_value::Config::new(&state_dir, &stores),
+        capabilities::sqlite::Config::new(&state_dir, &databases),
+    ))
+}
+
+/// `--sqlite`: each a statement, or `@FILE` of statements, run in order
+/// against the default database before serving (as `spin up` does).
+fn run_sqlite_statements(
+    statements: &[String],
+    config: &capabilities::sqlite::Config,
+) -> anyhow::Result<()> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let path = config
+        .path("default")
+        .context("no default SQLite database")?;
+    let conn = capabilities::sqlite::connect(path)?;
+    for s in statements {
+        let (sql, what) = match s.strip_prefix('@') {
+            Some(file) => (
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("--sqlite @{file}: cannot read the file"))?,
+                format!("--sqlite @{file}"),
+            ),
+            None => (s.clone(), format!("--sqlite {s:?}")),
+        };
+        conn.execute_batch(&sql)
+            .with_context(|| format!("{what} failed against {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn load_manifest(path: &Path, check_sources: bool) -> anyhow::Result<App> {
@@ -483,7 +531,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let app = load_manifest(&args.app.manifest, true)?;
-    key_value_config(&args.app, &app)?;
+    state_config(&args.app, &app)?;
     let config = runtime_config(&args.app, 1, 128 << 20, false);
     let runtime = Runtime::new(config)?;
     let live = load_live(&runtime, app, &args.app)?;
@@ -593,10 +641,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let board = gpio::open(args.gpio)?;
     let metrics = Arc::new(Metrics::new());
     let tracer = Arc::new(Tracing::init(&metrics)?);
+    let (kv_config, sqlite_config) = state_config(&args.app, &app)?;
+    run_sqlite_statements(&args.sqlite, &sqlite_config)?;
     let shared = Arc::new(capabilities::Shared::new(&capabilities::Settings {
         metrics: metrics.clone(),
         board: board.clone(),
-        key_value: key_value_config(&args.app, &app)?,
+        key_value: kv_config,
+        sqlite: sqlite_config,
     })?);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),

@@ -117,6 +117,8 @@ pub struct ComponentSpec {
     pub gpio: Vec<GpioGrant>,
     /// Key-value stores granted (`key_value_stores`), by label.
     pub key_value_stores: Vec<StoreGrant>,
+    /// SQLite databases granted (`sqlite_databases`), by label.
+    pub sqlite_databases: Vec<StoreGrant>,
 }
 
 /// One store label a component is granted, and where it was granted.
@@ -330,7 +332,7 @@ struct RawComponent {
     #[serde(default)]
     key_value_stores: Vec<Spanned<String>>,
     #[serde(default)]
-    sqlite_databases: Option<Spanned<toml::Value>>,
+    sqlite_databases: Vec<Spanned<String>>,
     #[serde(default)]
     ai_models: Option<Spanned<toml::Value>>,
     #[serde(default)]
@@ -501,6 +503,39 @@ impl<'a> Ctx<'a> {
             column,
             field,
         }
+    }
+
+    /// A list of store or database labels: each valid, each once.
+    fn labels(
+        &self,
+        base: &str,
+        name: &str,
+        raw: Vec<Spanned<String>>,
+        errors: &mut Vec<ManifestError>,
+    ) -> Vec<StoreGrant> {
+        let mut out: Vec<StoreGrant> = Vec::new();
+        for (i, label) in raw.into_iter().enumerate() {
+            let field = format!("{base}.{name}[{i}]");
+            let location = self.location(label.span(), Some(&field));
+            let label = label.into_inner();
+            if !is_valid_label(&label) {
+                errors.push(ManifestError {
+                    location,
+                    message: format!(
+                        "{label:?} is not a label: use letters, digits, `_` and `-` (at most \
+                         128), e.g. \"default\""
+                    ),
+                });
+            } else if out.iter().any(|g| g.label == label) {
+                errors.push(ManifestError {
+                    location,
+                    message: format!("{label:?} is granted twice"),
+                });
+            } else {
+                out.push(StoreGrant { label, location });
+            }
+        }
+        out
     }
 
     fn error_at(
@@ -686,7 +721,6 @@ impl<'a> Ctx<'a> {
         let unsupported = [
             ("files", raw.files.as_ref()),
             ("exclude_files", raw.exclude_files.as_ref()),
-            ("sqlite_databases", raw.sqlite_databases.as_ref()),
             ("ai_models", raw.ai_models.as_ref()),
             ("dependencies", raw.dependencies.as_ref()),
             (
@@ -800,29 +834,9 @@ impl<'a> Ctx<'a> {
             }
         }
 
-        // Key-value stores: labels, each once.
-        let mut key_value_stores: Vec<StoreGrant> = Vec::new();
-        for (i, label) in raw.key_value_stores.into_iter().enumerate() {
-            let field = format!("{base}.key_value_stores[{i}]");
-            let location = self.location(label.span(), Some(&field));
-            let label = label.into_inner();
-            if !is_valid_label(&label) {
-                errors.push(ManifestError {
-                    location,
-                    message: format!(
-                        "{label:?} is not a store label: use letters, digits, `_` and `-` \
-                         (at most 128), e.g. \"default\""
-                    ),
-                });
-            } else if key_value_stores.iter().any(|g| g.label == label) {
-                errors.push(ManifestError {
-                    location,
-                    message: format!("store {label:?} is granted twice"),
-                });
-            } else {
-                key_value_stores.push(StoreGrant { label, location });
-            }
-        }
+        // Key-value stores and SQLite databases: labels, each once.
+        let key_value_stores = self.labels(&base, "key_value_stores", raw.key_value_stores, errors);
+        let sqlite_databases = self.labels(&base, "sqlite_databases", raw.sqlite_databases, errors);
 
         // Outbound hosts: each a pattern, possibly with templates.
         let mut outbound = Vec::new();
@@ -954,6 +968,7 @@ impl<'a> Ctx<'a> {
             gantry_location,
             gpio: Vec::new(),
             key_value_stores,
+            sqlite_databases,
         })
     }
 

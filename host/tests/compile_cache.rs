@@ -6,7 +6,7 @@ use common::*;
 use std::time::{Duration, Instant};
 
 /// The root spin.toml's components.
-const COMPONENTS: [&str; 5] = ["hello", "alpha", "beta", "broken", "robot"];
+const COMPONENTS: [&str; 6] = ["hello", "alpha", "beta", "broken", "robot", "counter"];
 
 async fn time_to_first_response(cache: &std::path::Path) -> (Duration, String) {
     for f in COMPONENTS {

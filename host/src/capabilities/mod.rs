@@ -16,6 +16,7 @@ pub mod gpio;
 pub mod key_value;
 pub mod otel;
 pub mod outbound_http;
+pub mod sqlite;
 pub mod stdio;
 pub mod variables;
 
@@ -35,11 +36,23 @@ pub(crate) mod bindings {
             "fermyon:spin/key-value.[method]store.exists": async | trappable,
             "fermyon:spin/key-value.[method]store.get-keys": async | trappable,
             "fermyon:spin/key-value.[drop]store": async | trappable,
+            "fermyon:spin/sqlite.[static]connection.open": async | trappable,
+            "fermyon:spin/sqlite.[method]connection.execute": async | trappable,
+            "fermyon:spin/sqlite.[drop]connection": async | trappable,
+            "spin:sqlite/sqlite@3.0.0.[static]connection.open": async | trappable,
+            "spin:sqlite/sqlite@3.0.0.[method]connection.execute": async | trappable,
+            "spin:sqlite/sqlite@3.0.0.[drop]connection": async | trappable,
+            "spin:sqlite/sqlite@3.1.0.[static]connection.open": async | trappable,
+            "spin:sqlite/sqlite@3.1.0.[method]connection.execute": async | trappable,
+            "spin:sqlite/sqlite@3.1.0.[drop]connection": async | trappable,
         },
         with: {
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
             "fermyon:spin/key-value.store": super::key_value::OpenStore,
             "spin:key-value/key-value.store": super::key_value::OpenStore,
+            "fermyon:spin/sqlite.connection": super::sqlite::OpenDb,
+            "spin:sqlite/sqlite@3.0.0.connection": super::sqlite::OpenDb,
+            "spin:sqlite/sqlite@3.1.0.connection": super::sqlite::OpenDb,
         },
     });
 }
@@ -119,6 +132,8 @@ pub struct Settings {
     pub board: Arc<dyn crate::gpio::Board>,
     /// What backs each key-value store label.
     pub key_value: key_value::Config,
+    /// Where each SQLite database label lives.
+    pub sqlite: sqlite::Config,
 }
 
 /// The request one instance serves: its component, its telemetry (tracer,
@@ -223,6 +238,7 @@ capabilities! {
     http: outbound_http::OutboundHttp,
     variables: variables::Variables,
     key_value: key_value::KeyValue,
+    sqlite: sqlite::Sqlite,
     otel: otel::Otel,
     gpio: gpio::Gpio,
 }
