@@ -33,7 +33,8 @@ impl RppalBoard {
         let gpio = Gpio::new().map_err(|e| {
             anyhow::anyhow!(
                 "--gpio rppal: no Raspberry Pi GPIO here ({e}); run on a Raspberry Pi with \
-                 access to /dev/gpiomem, or use --gpio sim"
+                 access to its GPIO memory device (/dev/gpiomem0 on a Pi 5, /dev/gpiomem on \
+                 earlier models), or use --gpio sim"
             )
         })?;
         Ok(RppalBoard {
