@@ -55,6 +55,8 @@ done
 echo "helm: ${#renders[@]} renders, GPIO with KEDA refused in each KEDA mode"
 render configmaps --set app.source=configMaps --set-string app.variables.upstream_url=http://upstream.example:8080
 render otel --set otel.endpoint=https://collector:4318
+render redis-kv --set 'keyValue.redis.stores={default,cache}' --set keyValue.redis.url=redis://redis.data:6379 \
+    --set keda.enabled=true,keda.mode=http
 refuse_render() {
     local want=$1
     shift
@@ -68,6 +70,8 @@ refuse_render "gpio.backend must be sim or rppal" --set gpio.backend=gpiod
 refuse_render "keda.minReplicas must be at least 1" --set keda.enabled=true,keda.mode=prometheus,serviceMonitor.enabled=true,keda.minReplicas=0
 refuse_render "set serviceMonitor.enabled=true" --set keda.enabled=true,keda.mode=prometheus
 refuse_render "set ingress.enabled=true" --set keda.enabled=true,keda.mode=http,ingress.enabled=false
+refuse_render "keyValue.redis.stores needs keyValue.redis.url" --set 'keyValue.redis.stores={default}'
+refuse_render "is not a Redis URL" --set 'keyValue.redis.stores={default}' --set keyValue.redis.url=redis.data:6379
 
 # What each way of setting it up must render.
 expect() { grep -q -- "$2" "$out/helm-$1.yaml" || { echo "helm-$1.yaml lacks: $2" >&2; exit 1; }; }
@@ -111,13 +115,29 @@ expect $m "GANTRY_ADMIN_TOKEN"
 expect $m "kind: Secret"
 expect $m "helm.sh/resource-policy: keep"
 expect otel "OTEL_EXPORTER_OTLP_ENDPOINT"
+expect redis-kv "GANTRY_RUNTIME_CONFIG_FILE"
+expect redis-kv "checksum/runtime-config"
+expect redis-kv "secretName: gantry-runtime-config"
+refuse $d "runtime-config"
+# The runtime config the chart writes is one Gantry accepts.
+python3 - "$out/helm-redis-kv.yaml" "$out/runtime-config.toml" <<'PY'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "Secret" and doc["metadata"]["name"].endswith("runtime-config"):
+        open(sys.argv[2], "w").write(doc["stringData"]["runtime-config.toml"])
+        break
+else:
+    sys.exit("helm-redis-kv.yaml has no runtime-config Secret")
+PY
+grep -q 'type = "redis"' "$out/runtime-config.toml"
+target/release/gantry check -f spin.toml --runtime-config-file "$out/runtime-config.toml" >/dev/null
 
 # The app ConfigMaps, from the components built here.
 KUBECTL=$tools/kubectl deploy/k3s/app-configmap.sh > "$out/app-configmaps.yaml"
 
 # Every object against its kind's schema, strictly.
 python3 scripts/validate-manifests.py "${renders[@]}" "$out/helm-configmaps.yaml" \
-    "$out/helm-otel.yaml" "$out/app-configmaps.yaml" deploy/k3s/*.yaml \
+    "$out/helm-otel.yaml" "$out/helm-redis-kv.yaml" "$out/app-configmaps.yaml" deploy/k3s/*.yaml \
     deploy/keda/*.yaml deploy/keda/http-add-on/*.yaml deploy/argocd/*.yaml \
     deploy/observability/otel-collector-*.yaml
 

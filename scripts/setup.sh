@@ -30,7 +30,7 @@ for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium 
     valgrind:valgrind callgrind_control:valgrind \
     aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
     musl-gcc:musl-tools buildah:buildah podman:podman runc:runc protoc:protobuf-compiler \
-    haproxy:haproxy; do
+    haproxy:haproxy redis-server:redis-server; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)

@@ -92,7 +92,7 @@ pub struct AppArgs {
     /// Spin's runtime-config file: where key-value stores and SQLite
     /// databases live (`[key_value_store.<label>]`,
     /// `[sqlite_database.<label>]`, `state_dir`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "GANTRY_RUNTIME_CONFIG_FILE", value_name = "FILE")]
     pub runtime_config_file: Option<PathBuf>,
 
     /// Folder of the app's state (Spin's default: `.spin` beside
@@ -379,18 +379,13 @@ fn state_config(
         .clone()
         .or(file.state_dir.clone())
         .unwrap_or_else(|| app.dir.join(".spin"));
-    let stores = file
-        .key_value_stores
-        .iter()
-        .map(|(label, s)| (label.clone(), s.backend.clone()))
-        .collect();
     let databases = file
         .sqlite_databases
         .iter()
         .map(|(label, d)| (label.clone(), d.path.clone()))
         .collect();
     Ok((
-        capabilities::key_value::Config::new(&state_dir, &stores),
+        capabilities::key_value::Config::new(&state_dir, &file.key_value_stores),
         capabilities::sqlite::Config::new(&state_dir, &databases),
     ))
 }

@@ -3,6 +3,7 @@
 //! `fermyon:spin/key-value@2.0.0`), over SQLite files in Spin's layout.
 
 mod common;
+use common::servers;
 use common::*;
 
 use std::path::Path;
@@ -376,4 +377,107 @@ fn malformed_runtime_configs_are_refused_with_file_line_and_field() {
             "case {i}: no line number in {err}"
         );
     }
+}
+
+/// A Redis-backed store: two `gantry up` processes (two replicas) share it,
+/// through both interface versions, beside the SQLite `default` store.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_share_a_redis_backed_store() {
+    let redis = servers::RedisServer::start();
+    let (_dir, manifest) = app(r#", "shared""#);
+    let rc = servers::runtime_config(
+        &manifest,
+        &format!(
+            "[key_value_store.shared]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let rc = rc.to_str().expect("utf-8");
+    let a = Gantry::start(&manifest, &["--runtime-config-file", rc]);
+    let b = Gantry::start(&manifest, &["--runtime-config-file", rc]);
+    assert_eq!(put(&a, "/kv/shared/k1", "from a").await.status, 200);
+    assert_eq!(put(&b, "/kv-v2/shared/k2", "from b").await.status, 200);
+    let r = get(&b.url("/kv/shared/k1")).await;
+    assert_eq!((r.status, r.text()), (200, "from a".to_string()));
+    let r = get(&a.url("/kv-v2/shared/k2")).await;
+    assert_eq!((r.status, r.text()), (200, "from b".to_string()));
+    assert_eq!(get(&a.url("/kv/shared/k2?exists")).await.text(), "true");
+    assert_eq!(
+        get(&b.url("/kv/shared")).await.json(),
+        serde_json::json!(["k1", "k2"])
+    );
+    // A counter read and written by each replica in turn sees the other's
+    // every write (get-then-set is not atomic, so the turns are sequential).
+    for i in 1..=20 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        let r = send("POST", &g.url("/kv/shared/hits?incr"), &[], Vec::new()).await;
+        assert_eq!((r.status, r.text()), (200, i.to_string()));
+    }
+    // The data is in Redis under the key the guest named, as Spin keeps it.
+    let mut c = redis.connection();
+    let v: Vec<u8> = redis::cmd("GET").arg("k1").query(&mut c).expect("GET");
+    assert_eq!(v, b"from a");
+    assert_eq!(
+        put(&a, "/kv/default/local", "sqlite").await.status,
+        200,
+        "the default store stays SQLite"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("local")
+        .query(&mut c)
+        .expect("EXISTS");
+    assert!(!exists);
+    assert_eq!(
+        send("DELETE", &b.url("/kv/shared/k1"), &[], Vec::new())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get(&a.url("/kv-v2/shared/k1")).await.status, 404);
+}
+
+/// An unreachable Redis stops the start naming the store; a Redis that goes
+/// away while serving costs each request an error within the bound, never a
+/// hang, and the host keeps serving (and recovers when it is back).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_is_a_clear_error_at_start_and_per_request() {
+    let (_dir, manifest) = app(r#", "shared""#);
+    let dead = free_port();
+    let rc = servers::runtime_config(
+        &manifest,
+        &format!(
+            "[key_value_store.shared]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{dead}\"\n"
+        ),
+    );
+    let mut args = up_args(&manifest);
+    args.extend([
+        "--runtime-config-file".into(),
+        rc.to_str().expect("utf-8").into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_, err) = gantry_fails(&args, &[("GANTRY_NONE", "")]);
+    assert!(err.contains("key-value store \"shared\""), "{err}");
+    assert!(err.contains("runtime-config.toml:1:1"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{dead}")), "{err}");
+
+    let mut redis = servers::RedisServer::start();
+    servers::runtime_config(
+        &manifest,
+        &format!(
+            "[key_value_store.shared]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    );
+    let g = Gantry::start(
+        &manifest,
+        &["--runtime-config-file", rc.to_str().expect("utf-8")],
+    );
+    assert_eq!(put(&g, "/kv/shared/a", "1").await.status, 200);
+    redis.stop();
+    let started = std::time::Instant::now();
+    let r = get(&g.url("/kv/shared/a")).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("127.0.0.1"), "{}", r.text());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(put(&g, "/kv/default/still", "serving").await.status, 200);
 }

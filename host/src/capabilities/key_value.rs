@@ -8,8 +8,10 @@
 //! `gantry up`), and each instance's open store handles. `default` is SQLite
 //! in `<state dir>/sqlite_key_value.db` unless the runtime config says
 //! otherwise. A label the component was not granted is `access-denied`; one
-//! no store backs is `no-such-store`, as in Spin. Every store call runs on
-//! the blocking pool, bounded by SQLite's busy timeout.
+//! no store backs is `no-such-store`, as in Spin. `type = "redis"` stores
+//! live on a Redis server (how replicas share state), reached through one
+//! reconnecting connection per store, each answer bounded in time. SQLite
+//! calls run on the blocking pool, bounded by SQLite's busy timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -20,8 +22,8 @@ use wasmtime::component::{Accessor, Linker, Resource, ResourceTable};
 
 use super::bindings;
 use super::{Capability, HostState, Request, Settings};
-use crate::manifest::runtime_config::KeyValueBackend;
-use crate::manifest::{ComponentSpec, ManifestError};
+use crate::manifest::runtime_config::{KeyValueBackend, KeyValueStore};
+use crate::manifest::{ComponentSpec, Location, ManifestError};
 
 use bindings::fermyon::spin::key_value as v2;
 use bindings::spin::key_value::key_value as v3;
@@ -42,6 +44,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub stores: BTreeMap<String, KeyValueBackend>,
+    /// Where the runtime config defines each store it defines.
+    pub defined_at: BTreeMap<String, Location>,
     /// Where `type = "spin"` stores without a `path` live.
     pub default_file: PathBuf,
 }
@@ -49,26 +53,26 @@ pub struct Config {
 impl Config {
     /// Spin's defaults (`default` in `<state_dir>/sqlite_key_value.db`),
     /// then the runtime config's stores over them.
-    pub fn new(state_dir: &Path, configured: &BTreeMap<String, KeyValueBackend>) -> Config {
+    pub fn new(state_dir: &Path, configured: &BTreeMap<String, KeyValueStore>) -> Config {
         let mut stores = BTreeMap::new();
+        let mut defined_at = BTreeMap::new();
         stores.insert("default".to_string(), KeyValueBackend::Spin { path: None });
-        for (label, backend) in configured {
-            stores.insert(label.clone(), backend.clone());
+        for (label, store) in configured {
+            stores.insert(label.clone(), store.backend.clone());
+            defined_at.insert(label.clone(), store.location.clone());
         }
         Config {
             stores,
+            defined_at,
             default_file: state_dir.join("sqlite_key_value.db"),
         }
     }
 }
 
-/// A store's operations, called on the blocking pool.
-trait Backend: Send + Sync {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
-    fn set(&self, key: &str, value: &[u8]) -> Result<(), String>;
-    fn delete(&self, key: &str) -> Result<(), String>;
-    fn exists(&self, key: &str) -> Result<bool, String>;
-    fn keys(&self) -> Result<Vec<String>, String>;
+/// What backs one store label.
+enum Backend {
+    Sqlite(SqliteStore),
+    Redis(Box<RedisStore>),
 }
 
 /// One SQLite file, opened once, shared by the labels it holds.
@@ -125,12 +129,13 @@ impl SqliteFile {
 }
 
 /// One label's view of a SQLite file.
+#[derive(Clone)]
 struct SqliteStore {
     file: Arc<SqliteFile>,
     label: String,
 }
 
-impl Backend for SqliteStore {
+impl SqliteStore {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.file.with(|c| {
             use rusqlite::OptionalExtension as _;
@@ -173,24 +178,101 @@ impl Backend for SqliteStore {
             rows.collect::<rusqlite::Result<Vec<String>>>()
         })?;
         if keys.len() > MAX_KEYS {
-            return Err(format!(
-                "the store holds more than {MAX_KEYS} keys, more than get-keys returns"
-            ));
+            return Err(too_many_keys());
         }
         Ok(keys)
     }
+}
+
+/// How long a Redis store waits to connect, and for each answer.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Redis server: keys are stored as they are named (as Spin does), so
+/// every label backed by one server shares its key space.
+struct RedisStore {
+    url: String,
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+impl RedisStore {
+    /// Checks at load that the server answers, so that a wrong or
+    /// unreachable URL stops the start instead of every request.
+    fn open(url: &str) -> anyhow::Result<RedisStore> {
+        use anyhow::Context as _;
+        let client = redis::Client::open(url).with_context(|| format!("{url} is not usable"))?;
+        let mut conn = client
+            .get_connection_with_timeout(REDIS_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("cannot connect to {url}: {e}"))?;
+        conn.set_read_timeout(Some(REDIS_TIMEOUT))?;
+        redis::cmd("PING")
+            .query::<String>(&mut conn)
+            .with_context(|| format!("{url} does not answer PING"))?;
+        Ok(RedisStore {
+            url: url.to_string(),
+            client,
+            conn: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The shared, reconnecting connection: every call is bounded.
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        self.conn
+            .get_or_try_init(|| {
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await
+            .cloned()
+            .map_err(|e| format!("{}: {e}", self.url))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| format!("{}: {e}", self.url))
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, String> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+                .await?;
+            keys.extend(batch);
+            if keys.len() > MAX_KEYS {
+                return Err(too_many_keys());
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
+fn too_many_keys() -> String {
+    format!("the store holds more than {MAX_KEYS} keys, more than get-keys returns")
 }
 
 /// The app-wide stores: each label's backend, opened when a component
 /// granted it is loaded.
 pub struct Stores {
     config: Config,
-    open: Mutex<HashMap<String, Arc<dyn Backend>>>,
+    open: Mutex<HashMap<String, Arc<Backend>>>,
     files: Mutex<HashMap<PathBuf, Arc<SqliteFile>>>,
 }
 
 impl Stores {
-    fn backend(&self, label: &str) -> anyhow::Result<Option<Arc<dyn Backend>>> {
+    fn backend(&self, label: &str) -> anyhow::Result<Option<Arc<Backend>>> {
         let mut open = self
             .open
             .lock()
@@ -201,7 +283,7 @@ impl Stores {
         let Some(backend) = self.config.stores.get(label) else {
             return Ok(None);
         };
-        let b: Arc<dyn Backend> = match backend {
+        let b = Arc::new(match backend {
             KeyValueBackend::Spin { path } => {
                 let path = path
                     .clone()
@@ -218,16 +300,21 @@ impl Stores {
                         f
                     }
                 };
-                Arc::new(SqliteStore {
+                Backend::Sqlite(SqliteStore {
                     file,
                     label: label.to_string(),
                 })
             }
-            KeyValueBackend::Redis { url } => anyhow::bail!(
-                "key-value store {label:?}: a Redis store ({url}) is not served by this Gantry \
-                 yet; use type = \"spin\""
-            ),
-        };
+            KeyValueBackend::Redis { url } => {
+                Backend::Redis(Box::new(RedisStore::open(url).map_err(|e| {
+                    let at = match self.config.defined_at.get(label) {
+                        Some(at) => format!(" (defined at {at})"),
+                        None => String::new(),
+                    };
+                    anyhow::anyhow!("key-value store {label:?}{at}: {e:#}")
+                })?))
+            }
+        });
         open.insert(label.to_string(), b.clone());
         Ok(Some(b))
     }
@@ -235,7 +322,7 @@ impl Stores {
 
 /// An open store handle, held in the instance's resource table.
 pub struct OpenStore {
-    backend: Arc<dyn Backend>,
+    backend: Arc<Backend>,
 }
 
 /// One instance's key-value state.
@@ -303,7 +390,7 @@ impl KvView<'_> {
         }
     }
 
-    fn backend(&self, store: &Resource<OpenStore>) -> wasmtime::Result<Arc<dyn Backend>> {
+    fn backend(&self, store: &Resource<OpenStore>) -> wasmtime::Result<Arc<Backend>> {
         Ok(self.table.get(store)?.backend.clone())
     }
 
@@ -334,12 +421,25 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn get(b: Arc<dyn Backend>, key: String) -> Result<Option<Vec<u8>>, Failure> {
-    check_key(&key)?;
-    blocking(move || b.get(&key)).await
+/// Runs `sqlite` on the blocking pool, or `redis` on the connection.
+macro_rules! dispatch {
+    ($b:expr, |$s:ident| $sqlite:expr, |$r:ident| $redis:expr) => {
+        match &*$b {
+            Backend::Sqlite(store) => {
+                let $s = store.clone();
+                blocking(move || $sqlite).await
+            }
+            Backend::Redis($r) => $redis.await.map_err(Failure::Other),
+        }
+    };
 }
 
-async fn set(b: Arc<dyn Backend>, key: String, value: Vec<u8>) -> Result<(), Failure> {
+async fn get(b: Arc<Backend>, key: String) -> Result<Option<Vec<u8>>, Failure> {
+    check_key(&key)?;
+    dispatch!(b, |s| s.get(&key), |r| r.query(redis::cmd("GET").arg(&key)))
+}
+
+async fn set(b: Arc<Backend>, key: String, value: Vec<u8>) -> Result<(), Failure> {
     check_key(&key)?;
     if value.len() > MAX_VALUE {
         return Err(Failure::Other(format!(
@@ -347,21 +447,24 @@ async fn set(b: Arc<dyn Backend>, key: String, value: Vec<u8>) -> Result<(), Fai
             value.len()
         )));
     }
-    blocking(move || b.set(&key, &value)).await
+    dispatch!(b, |s| s.set(&key, &value), |r| r
+        .query(redis::cmd("SET").arg(&key).arg(&value)))
 }
 
-async fn delete(b: Arc<dyn Backend>, key: String) -> Result<(), Failure> {
+async fn delete(b: Arc<Backend>, key: String) -> Result<(), Failure> {
     check_key(&key)?;
-    blocking(move || b.delete(&key)).await
+    dispatch!(b, |s| s.delete(&key), |r| r
+        .query(redis::cmd("DEL").arg(&key)))
 }
 
-async fn exists(b: Arc<dyn Backend>, key: String) -> Result<bool, Failure> {
+async fn exists(b: Arc<Backend>, key: String) -> Result<bool, Failure> {
     check_key(&key)?;
-    blocking(move || b.exists(&key)).await
+    dispatch!(b, |s| s.exists(&key), |r| r
+        .query(redis::cmd("EXISTS").arg(&key)))
 }
 
-async fn keys(b: Arc<dyn Backend>) -> Result<Vec<String>, Failure> {
-    blocking(move || b.keys()).await
+async fn keys(b: Arc<Backend>) -> Result<Vec<String>, Failure> {
+    dispatch!(b, |s| s.keys(), |r| r.keys())
 }
 
 // fermyon:spin/key-value@2.0.0: synchronous for the guest, async here so

@@ -5,6 +5,7 @@
 pub mod collector;
 pub mod otlp;
 pub mod raw;
+pub mod servers;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -323,4 +324,21 @@ pub fn gantry_fails<K: AsRef<OsStr>, V: AsRef<OsStr>>(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `gantry up -f manifest` on ephemeral ports: the arguments a test that
+/// expects the start to fail passes to [`gantry_fails`], before its own.
+pub fn up_args(manifest: &Path) -> Vec<String> {
+    let m = manifest.to_str().expect("utf-8 path").to_string();
+    [
+        "up",
+        "-f",
+        &m,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec()
 }

@@ -57,3 +57,21 @@ with prometheus (a pod at zero reports nothing, so nothing would wake it). */}}
 {{- define "gantry.viaInterceptor" -}}
 {{- if and .Values.keda.enabled (has .Values.keda.mode (list "http" "http-legacy")) -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+The Secret holding the runtime-config file, if any: the user's, or the one
+the chart writes for keyValue.redis.
+*/}}
+{{- define "gantry.runtimeConfigSecret" -}}
+{{- if .Values.runtimeConfig.existingSecret -}}
+{{- .Values.runtimeConfig.existingSecret -}}
+{{- else if .Values.keyValue.redis.stores -}}
+{{- if not .Values.keyValue.redis.url -}}
+{{- fail "keyValue.redis.stores needs keyValue.redis.url (redis://host:port)" -}}
+{{- end -}}
+{{- if not (regexMatch "^rediss?://[^/]+" .Values.keyValue.redis.url) -}}
+{{- fail (printf "keyValue.redis.url %q is not a Redis URL: give redis://host:port" .Values.keyValue.redis.url) -}}
+{{- end -}}
+{{- printf "%s-runtime-config" (include "gantry.fullname" .) -}}
+{{- end -}}
+{{- end -}}
