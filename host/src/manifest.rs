@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
+pub mod files;
 mod gpio;
 mod outbound_hosts;
 pub mod runtime_config;
@@ -104,6 +105,8 @@ pub struct ComponentSpec {
     pub description: Option<String>,
     /// Absolute path of the `.wasm` file.
     pub source: PathBuf,
+    /// The app folder (of spin.toml): what `files` patterns are relative to.
+    pub app_dir: PathBuf,
     /// Where `source` was written, for errors found later (compile, link).
     pub source_location: Location,
     pub allowed_outbound_hosts: Vec<OutboundRule>,
@@ -119,6 +122,10 @@ pub struct ComponentSpec {
     pub key_value_stores: Vec<StoreGrant>,
     /// SQLite databases granted (`sqlite_databases`), by label.
     pub sqlite_databases: Vec<StoreGrant>,
+    /// The app's files the component may read (`files`).
+    pub files: Vec<files::FilesEntry>,
+    /// Files no `files` entry gives (`exclude_files`).
+    pub exclude_files: Vec<files::Exclude>,
 }
 
 /// One store label a component is granted, and where it was granted.
@@ -322,9 +329,9 @@ struct RawComponent {
     description: Option<String>,
     source: Option<Spanned<toml::Value>>,
     #[serde(default)]
-    files: Option<Spanned<toml::Value>>,
+    files: Vec<Spanned<toml::Value>>,
     #[serde(default)]
-    exclude_files: Option<Spanned<toml::Value>>,
+    exclude_files: Vec<Spanned<String>>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<Spanned<String>>,
     #[serde(default)]
@@ -719,8 +726,6 @@ impl<'a> Ctx<'a> {
     ) -> Option<ComponentSpec> {
         let base = format!("component.{id}");
         let unsupported = [
-            ("files", raw.files.as_ref()),
-            ("exclude_files", raw.exclude_files.as_ref()),
             ("ai_models", raw.ai_models.as_ref()),
             ("dependencies", raw.dependencies.as_ref()),
             (
@@ -837,6 +842,8 @@ impl<'a> Ctx<'a> {
         // Key-value stores and SQLite databases: labels, each once.
         let key_value_stores = self.labels(&base, "key_value_stores", raw.key_value_stores, errors);
         let sqlite_databases = self.labels(&base, "sqlite_databases", raw.sqlite_databases, errors);
+        let files = self.files(&base, raw.files, errors);
+        let exclude_files = self.exclude_files(&base, raw.exclude_files, errors);
 
         // Outbound hosts: each a pattern, possibly with templates.
         let mut outbound = Vec::new();
@@ -959,6 +966,7 @@ impl<'a> Ctx<'a> {
             id: id.to_string(),
             description: raw.description,
             source: source_path,
+            app_dir: self.dir.clone(),
             source_location,
             allowed_outbound_hosts: outbound,
             environment: raw.environment,
@@ -969,6 +977,8 @@ impl<'a> Ctx<'a> {
             gpio: Vec::new(),
             key_value_stores,
             sqlite_databases,
+            files,
+            exclude_files,
         })
     }
 

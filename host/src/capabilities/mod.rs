@@ -12,6 +12,7 @@
 //!
 //! See `README.md` in this folder for the steps to add one.
 
+pub mod files;
 pub mod gpio;
 pub mod key_value;
 pub mod otel;

@@ -1,6 +1,7 @@
-//! WASI itself (`wasi:cli`, clocks, random, streams, filesystem types):
-//! granted, never ambient. No sockets, no name lookups, no files, and only
-//! the environment the manifest gives (`[component.<id>].environment`).
+//! WASI itself (`wasi:cli`, clocks, random, streams, filesystem): granted,
+//! never ambient. No sockets, no name lookups, only the app files the
+//! manifest gives (`files`, read-only, see [`super::files`]) and only the
+//! environment it gives (`[component.<id>].environment`).
 //!
 //! Guest stdout and stderr: each line becomes a host log event (target
 //! `guest`) and, when logs are exported, an OTLP log record, both carrying
@@ -28,9 +29,15 @@ use crate::telemetry::trace::{HexId, Tracing};
 /// The WASI capability.
 pub struct Wasi;
 
+/// What the manifest gives one component version: its environment and
+/// the app files it may read.
+pub struct WasiGrant {
+    environment: Vec<(String, String)>,
+    files: Option<super::files::Mounts>,
+}
+
 impl Capability for Wasi {
-    /// The environment variables the manifest gives.
-    type Grant = Vec<(String, String)>;
+    type Grant = WasiGrant;
     type Shared = ();
     type Instance = WasiCtx;
 
@@ -42,14 +49,17 @@ impl Capability for Wasi {
         spec: &ComponentSpec,
         _values: &BTreeMap<String, String>,
     ) -> Result<Self::Grant, ManifestError> {
-        Ok(spec
-            .environment
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(WasiGrant {
+            environment: spec
+                .environment
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            files: super::files::Mounts::prepare(spec)?,
+        })
     }
 
-    fn instance(_: &(), environment: &Self::Grant, request: &Request) -> WasiCtx {
+    fn instance(_: &(), grant: &Self::Grant, request: &Request) -> WasiCtx {
         let span = {
             use opentelemetry::trace::TraceContextExt;
             request.trace.cx.span().span_context().clone()
@@ -66,8 +76,12 @@ impl Capability for Wasi {
             .allow_ip_name_lookup(false)
             .stdout(output("stdout"))
             .stderr(output("stderr"))
-            .envs(environment);
-        wasi.build()
+            .envs(&grant.environment);
+        let mut ctx = wasi.build();
+        if let Some(files) = &grant.files {
+            files.install(&mut ctx);
+        }
+        ctx
     }
 
     fn add_to_linker(linker: &mut Linker<HostState>, concurrent: bool) -> anyhow::Result<()> {
