@@ -560,6 +560,9 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
                 format!("(compiled in {:.2?})", l.compile_time)
             }
         );
+        if let Some(how) = l.componentized {
+            println!("  {:<12} {how}", "");
+        }
     }
     let granted: Vec<_> = app
         .components

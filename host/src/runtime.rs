@@ -181,9 +181,9 @@ pub enum ComponentError {
     #[error("{path} is not a WebAssembly file (it does not start with the `\\0asm` magic)")]
     NotWasm { path: PathBuf },
     #[error(
-        "{path} is a core WebAssembly module, not a component; build it for `wasm32-wasip2` (or run `wasm-tools component new`)"
+        "{path} is a core WebAssembly module that cannot be made a component: {reason} (build it for `wasm32-wasip2`, or for `wasm32-wasip1` with the bindings of a Spin SDK)"
     )]
-    CoreModule { path: PathBuf },
+    CoreModule { path: PathBuf, reason: String },
     #[error("{path} does not compile: {reason}")]
     Compile { path: PathBuf, reason: String },
     #[error("{path} imports something Gantry does not provide: {reason}")]
@@ -345,6 +345,63 @@ pub struct LoadedComponent {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub compile_time: Duration,
+    /// What turned a core module into this component, if it was one.
+    pub componentized: Option<Componentized>,
+}
+
+/// How a core module became a component at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Componentized {
+    /// A `wasm32-wasip1` module, through the WASI preview1 adapter.
+    Wasip1Adapter,
+    /// A module carrying its component type, without an adapter.
+    TypeInformation,
+}
+
+impl std::fmt::Display for Componentized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Componentized::Wasip1Adapter => "core module (wasip1), adapted to a component",
+            Componentized::TypeInformation => "core module, made a component from its type",
+        })
+    }
+}
+
+/// Turns a core module into a component, as `spin up` does: a module that
+/// imports `wasi_snapshot_preview1` through the preview1 adapter (the
+/// reactor one: HTTP components are libraries), any other from the component
+/// type information its bindings embedded.
+fn componentize(bytes: &[u8]) -> anyhow::Result<(Vec<u8>, Componentized)> {
+    let (mut imports_preview1, mut typed) = (false, false);
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ImportSection(section)) => {
+                imports_preview1 |= section
+                    .into_imports()
+                    .filter_map(Result::ok)
+                    .any(|i| i.module == "wasi_snapshot_preview1");
+            }
+            Ok(wasmparser::Payload::CustomSection(c)) => {
+                typed |= c.name().starts_with("component-type");
+            }
+            _ => {}
+        }
+    }
+    if !typed {
+        anyhow::bail!("it carries no component type information (no WIT bindings)");
+    }
+    let mut encoder = wit_component::ComponentEncoder::default();
+    encoder.validate(true).module(bytes)?;
+    let how = if imports_preview1 {
+        encoder.adapter(
+            "wasi_snapshot_preview1",
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?;
+        Componentized::Wasip1Adapter
+    } else {
+        Componentized::TypeInformation
+    };
+    Ok((encoder.encode()?, how))
 }
 
 pub struct Runtime {
@@ -513,11 +570,22 @@ impl Runtime {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(ComponentError::NotWasm { path: path_buf });
         }
-        // Layer 1 is a component; version 1 (with layer 0) a core module.
-        if bytes[4..8] == [1, 0, 0, 0] {
-            return Err(ComponentError::CoreModule { path: path_buf });
-        }
+        // The digest (and so the compile cache) and size are of the file as
+        // given.
         let digest = digest(bytes);
+        let size = bytes.len() as u64;
+        // Layer 1 is a component; version 1 (with layer 0) a core module.
+        let adapted;
+        let (bytes, componentized) = if bytes[4..8] == [1, 0, 0, 0] {
+            let (component, how) = componentize(bytes).map_err(|e| ComponentError::CoreModule {
+                path: path_buf.clone(),
+                reason: format!("{e:#}"),
+            })?;
+            adapted = component;
+            (adapted.as_slice(), Some(how))
+        } else {
+            (bytes, None)
+        };
         let plain = if serves_only_p2(bytes) {
             self.plain()
         } else {
@@ -543,12 +611,13 @@ impl Runtime {
             id,
             source: path_buf,
             digest,
-            size: bytes.len() as u64,
+            size,
             world: handler.world,
             handler,
             loaded_at: SystemTime::now(),
             from_cache,
             compile_time: started.elapsed(),
+            componentized,
         })
     }
 

@@ -174,7 +174,7 @@ fn malformed_manifests_are_refused_with_file_line_and_field() {
             line: 8,
             expect: &[
                 "component.c.source",
-                "core WebAssembly module, not a component",
+                "core WebAssembly module that cannot be made a component: it carries no component type information",
             ],
         },
         Case {

@@ -471,7 +471,7 @@ async fn broken_versions_are_refused_and_the_old_one_keeps_answering() {
     .expect("component");
     let cases: [(&str, Vec<u8>, &str); 5] = [
         ("truncated", truncated.clone(), "does not compile"),
-        ("core module", core_module, "core WebAssembly module"),
+        ("core module", core_module, "no component type information"),
         ("wrong exports", wrong_exports, "incoming-handler"),
         ("unknown import", unknown_import, "does not provide"),
         (

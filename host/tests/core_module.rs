@@ -1,0 +1,88 @@
+//! Core modules made components at load, as `spin up` does: `kv-v2`
+//! (spin-sdk 5.2, Spin's `http-rust-p2` template) built for `wasm32-wasip1`
+//! is adapted with the WASI preview1 adapter and served like any component.
+
+mod common;
+use common::*;
+
+use std::process::Command;
+
+fn wasip1_module() -> std::path::PathBuf {
+    let p = workspace().join("target/wasm32-wasip1/wasm/kv_v2.wasm");
+    assert!(
+        p.is_file(),
+        "{} is missing: build it with `cargo build --target wasm32-wasip1 --profile wasm -p kv-v2`",
+        p.display()
+    );
+    p
+}
+
+fn manifest() -> (tempfile::TempDir, std::path::PathBuf) {
+    let module = wasip1_module();
+    let bytes = std::fs::read(&module).expect("read module");
+    assert_eq!(
+        &bytes[4..8],
+        &[1, 0, 0, 0],
+        "a core module, not a component"
+    );
+    write_manifest(&format!(
+        r#"spin_manifest_version = 2
+[application]
+name = "p1"
+[[trigger.http]]
+route = "/kv-v2/..."
+component = "kv-v2"
+[component.kv-v2]
+source = "{}"
+key_value_stores = ["default"]
+"#,
+        module.display()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasip1_module_is_adapted_served_and_cached() {
+    let (dir, manifest) = manifest();
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.to_str().expect("utf-8");
+    let g = Gantry::start(&manifest, &["--cache-dir", cache_arg]);
+    assert_eq!(
+        send("PUT", &g.url("/kv-v2/default/k"), &[], b"from p1".to_vec())
+            .await
+            .status,
+        200
+    );
+    let r = get(&g.url("/kv-v2/default/k")).await;
+    assert_eq!((r.status, r.text()), (200, "from p1".to_string()));
+    assert_eq!(get(&g.url("/kv-v2/forbidden/k")).await.status, 403);
+    drop(g);
+
+    // The second start compiles nothing: the cache the first one wrote is
+    // keyed by the module as given.
+    let g = Gantry::start(&manifest, &["--cache-dir", cache_arg]);
+    assert_eq!(get(&g.url("/kv-v2/default/k")).await.text(), "from p1");
+    assert!(g.stderr().contains("from_cache=1"), "{}", g.stderr());
+
+    // `gantry check` says what it did.
+    let out = Command::new(gantry_bin())
+        .args([
+            "check",
+            "-f",
+            manifest.to_str().expect("utf-8"),
+            "--no-cache",
+        ])
+        .output()
+        .expect("run gantry check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("core module (wasip1), adapted to a component"),
+        "{text}"
+    );
+    let size = std::fs::metadata(wasip1_module()).expect("stat").len();
+    assert!(text.contains(&format!("{size} bytes")), "{text}");
+}
