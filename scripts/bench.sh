@@ -26,6 +26,8 @@ export GANTRY_WASMTIME=$PWD/$wasmtime_root/bin/wasmtime
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 cargo bench --locked -p gantry --bench compare
 cargo bench --locked -p gantry --bench micro
+# State per request: /counter (key-value + SQLite) against /alpha.
+cargo bench --locked -p gantry --bench stores
 # Telemetry on against off once more, then counted in instructions (callgrind).
 cargo bench --locked -p gantry --bench telemetry
 # Start to first 200 of a fresh container, compiling and precompiled.

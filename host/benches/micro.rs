@@ -80,9 +80,21 @@ route = "/hello"
 component = "hello"
 [component.hello]
 source = "{wasm}/hello.wasm"
+[[trigger.http]]
+route = "/granted"
+component = "granted"
+[component.granted]
+source = "{wasm}/plain.wasm"
+key_value_stores = ["default"]
+sqlite_databases = ["default"]
+files = ["site/**/*"]
 "#,
     );
     wasm("plain");
+    let site = _dir.path().join("site");
+    std::fs::create_dir_all(site.join("css")).expect("site folder");
+    std::fs::write(site.join("index.html"), "<h1>hi</h1>").expect("write");
+    std::fs::write(site.join("css/site.css"), "h1 {}").expect("write");
     let app = gantry::manifest::load(&manifest).expect("manifest");
     let live = load_app(&runtime, app, &BTreeMap::new()).unwrap_or_else(|errors| {
         panic!(
@@ -97,13 +109,15 @@ source = "{wasm}/hello.wasm"
     let metrics = Arc::new(Metrics::new());
     let tracing = Arc::new(Tracing::disabled());
     let board = gantry::gpio::open(gantry::gpio::Backend::Sim).expect("sim board");
+    let state = _dir.path().join(".spin");
     let shared = Shared::new(&Settings {
         metrics: metrics.clone(),
         board,
-        key_value: Default::default(),
-        sqlite: Default::default(),
+        key_value: gantry::capabilities::key_value::Config::new(&state, &BTreeMap::new()),
+        sqlite: gantry::capabilities::sqlite::Config::new(&state, &BTreeMap::new()),
     })
     .expect("capabilities");
+    let mut p50 = BTreeMap::new();
     for slot in &live.slots {
         let version = slot.current.load_full();
         let run = |n: usize| {
@@ -174,6 +188,15 @@ source = "{wasm}/hello.wasm"
             quantile(&bare, 0.5),
             quantile(&bare, 0.99),
             quantile(&inst, 0.5) / quantile(&bare, 0.5),
+        );
+        p50.insert(slot.id.to_string(), quantile(&inst, 0.5));
+    }
+    if let (Some(plain), Some(granted)) = (p50.get("plain"), p50.get("granted")) {
+        println!(
+            "  granted (plain with a key-value store, a SQLite database and files) - plain at \
+             p50: {:+.2} us ({:.3}x)",
+            granted - plain,
+            granted / plain
         );
     }
 }
