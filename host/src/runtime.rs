@@ -631,13 +631,20 @@ impl Runtime {
         path: &Path,
     ) -> Result<(HandlerPre, bool), ComponentError> {
         let (component, from_cache) = self.compile_cached(&unit.engine, bytes, digest, path)?;
-        let instance_pre =
-            unit.linker
-                .instantiate_pre(&component)
+        let stubbed =
+            crate::capabilities::unserved::linker_for(&unit.linker, &component, unit.concurrent)
                 .map_err(|e| ComponentError::Link {
                     path: path.to_path_buf(),
                     reason: format!("{e:#}"),
                 })?;
+        let instance_pre = stubbed
+            .as_ref()
+            .unwrap_or(&unit.linker)
+            .instantiate_pre(&component)
+            .map_err(|e| ComponentError::Link {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
         let handler = HandlerPre::new(instance_pre, unit.concurrent)
             .map_err(|(interface, reason)| ComponentError::HandlerType {
                 path: path.to_path_buf(),

@@ -19,6 +19,7 @@ pub mod otel;
 pub mod outbound_http;
 pub mod sqlite;
 pub mod stdio;
+pub mod unserved;
 pub mod variables;
 
 /// Host bindings for every interface of `wit/` that Gantry implements.
