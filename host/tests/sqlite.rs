@@ -118,3 +118,34 @@ async fn sqlite_flags_run_before_serving_and_bad_sql_stops_the_start() {
     assert!(err.contains("--sqlite \"SELEKT nonsense\" failed"), "{err}");
     assert!(err.contains("syntax error"), "{err}");
 }
+
+/// The counter's increment is atomic (`wasi:keyvalue/atomics`): 200
+/// visits, 40 at a time, count 200, and each is recorded once in SQLite.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_visits_are_all_counted() {
+    wasm("counter");
+    let (dir, manifest) = write_manifest(APP);
+    let g = Gantry::start(&manifest, &[]);
+    let url = g.url("/counter");
+    // 40 at a time: within the component's share of the instance pool.
+    use futures::StreamExt as _;
+    let replies: Vec<Reply> = futures::stream::iter((0..200).map(|_| get(&url)))
+        .buffer_unordered(40)
+        .collect()
+        .await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let mut counts: Vec<i64> = replies
+        .iter()
+        .map(|r| r.json()["count"].as_i64().unwrap_or(-1))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        (1..=200).collect::<Vec<i64>>(),
+        "each visit its own count"
+    );
+    drop(g);
+    assert_eq!(visits(&dir.path().join(".spin/sqlite_db.db")), 200);
+}

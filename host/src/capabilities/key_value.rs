@@ -27,6 +27,7 @@ use crate::manifest::{ComponentSpec, Location, ManifestError};
 
 use bindings::fermyon::spin::key_value as v2;
 use bindings::spin::key_value::key_value as v3;
+use bindings::wasi::keyvalue as wk;
 
 /// Longest key a guest may use, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -128,6 +129,42 @@ impl SqliteFile {
     }
 }
 
+impl SqliteFile {
+    /// Runs `f` in an immediate transaction: no other writer, in this
+    /// process or another, between its read and its write.
+    fn transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| "the store is unusable".to_string())?;
+        let tx =
+            rusqlite::Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string())?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+}
+
+/// A counter's value as stored: decimal text, as Redis keeps it.
+fn parse_counter(key: &str, value: Option<Vec<u8>>) -> Result<i64, String> {
+    match value {
+        None => Ok(0),
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| format!("the value of {key:?} is not a decimal integer")),
+    }
+}
+
+const SELECT: &str = "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2";
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                      ON CONFLICT (store, key) DO UPDATE SET value = excluded.value";
+const DELETE: &str = "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2";
+
 /// One label's view of a SQLite file.
 #[derive(Clone)]
 struct SqliteStore {
@@ -139,24 +176,21 @@ impl SqliteStore {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         self.file.with(|c| {
             use rusqlite::OptionalExtension as _;
-            c.prepare_cached("SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+            c.prepare_cached(SELECT)?
                 .query_row((&self.label, key), |r| r.get(0))
                 .optional()
         })
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), String> {
         self.file.with(|c| {
-            c.prepare_cached(
-                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute((&self.label, key, value))
-            .map(|_| ())
+            c.prepare_cached(UPSERT)?
+                .execute((&self.label, key, value))
+                .map(|_| ())
         })
     }
     fn delete(&self, key: &str) -> Result<(), String> {
         self.file.with(|c| {
-            c.prepare_cached("DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2")?
+            c.prepare_cached(DELETE)?
                 .execute((&self.label, key))
                 .map(|_| ())
         })
@@ -169,6 +203,81 @@ impl SqliteStore {
             .query_row((&self.label, key), |r| r.get(0))
         })
     }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, String> {
+        self.file.transaction(|tx| {
+            use rusqlite::OptionalExtension as _;
+            let now = tx
+                .prepare_cached(SELECT)
+                .and_then(|mut q| q.query_row((&self.label, key), |r| r.get(0)).optional())
+                .map_err(|e| e.to_string())?;
+            let next = parse_counter(key, now)?
+                .checked_add(delta)
+                .ok_or_else(|| format!("{key:?} would overflow a 64-bit integer"))?;
+            tx.prepare_cached(UPSERT)
+                .and_then(|mut q| q.execute((&self.label, key, next.to_string().as_bytes())))
+                .map_err(|e| e.to_string())?;
+            Ok(next)
+        })
+    }
+
+    /// Sets `key` to `value` if it still holds `expected`; otherwise
+    /// answers what it holds now.
+    fn swap(
+        &self,
+        key: &str,
+        expected: &Option<Vec<u8>>,
+        value: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, String> {
+        self.file.transaction(|tx| {
+            use rusqlite::OptionalExtension as _;
+            let now: Option<Vec<u8>> = tx
+                .prepare_cached(SELECT)
+                .and_then(|mut q| q.query_row((&self.label, key), |r| r.get(0)).optional())
+                .map_err(|e| e.to_string())?;
+            if &now != expected {
+                return Ok(Err(now));
+            }
+            tx.prepare_cached(UPSERT)
+                .and_then(|mut q| q.execute((&self.label, key, value)))
+                .map_err(|e| e.to_string())?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        self.file.transaction(|tx| {
+            use rusqlite::OptionalExtension as _;
+            let mut q = tx.prepare_cached(SELECT).map_err(|e| e.to_string())?;
+            keys.iter()
+                .map(|k| {
+                    q.query_row((&self.label, k), |r| r.get(0))
+                        .optional()
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        })
+    }
+
+    fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<(), String> {
+        self.file.transaction(|tx| {
+            let mut q = tx.prepare_cached(UPSERT).map_err(|e| e.to_string())?;
+            for (k, v) in pairs {
+                q.execute((&self.label, k, v)).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<(), String> {
+        self.file.transaction(|tx| {
+            let mut q = tx.prepare_cached(DELETE).map_err(|e| e.to_string())?;
+            for k in keys {
+                q.execute((&self.label, k)).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
     fn keys(&self) -> Result<Vec<String>, String> {
         let keys = self.file.with(|c| {
             let mut stmt = c.prepare_cached(
@@ -256,6 +365,70 @@ impl RedisStore {
         keys.sort();
         keys.dedup();
         Ok(keys)
+    }
+}
+
+/// Sets KEYS[1] to ARGV[3] if it holds ARGV[2] (ARGV[1] = "1": if it is
+/// absent); answers 1 when it did.
+const REDIS_SWAP: &str = r"
+local now = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if now then return 0 end
+elseif now ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+";
+
+impl RedisStore {
+    async fn swap(
+        &self,
+        key: &str,
+        expected: &Option<Vec<u8>>,
+        value: &[u8],
+    ) -> Result<Result<(), Option<Vec<u8>>>, String> {
+        let absent = if expected.is_none() { "1" } else { "0" };
+        let done: i64 = self
+            .query(
+                redis::cmd("EVAL")
+                    .arg(REDIS_SWAP)
+                    .arg(1)
+                    .arg(key)
+                    .arg(absent)
+                    .arg(expected.as_deref().unwrap_or_default())
+                    .arg(value),
+            )
+            .await?;
+        if done == 1 {
+            return Ok(Ok(()));
+        }
+        Ok(Err(self.query(redis::cmd("GET").arg(key)).await?))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, String> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
+    async fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> Result<(), String> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("MSET");
+        for (k, v) in pairs {
+            cmd.arg(k).arg(v);
+        }
+        self.query(&cmd).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.query(redis::cmd("DEL").arg(keys)).await
     }
 }
 
@@ -439,14 +612,19 @@ async fn get(b: Arc<Backend>, key: String) -> Result<Option<Vec<u8>>, Failure> {
     dispatch!(b, |s| s.get(&key), |r| r.query(redis::cmd("GET").arg(&key)))
 }
 
-async fn set(b: Arc<Backend>, key: String, value: Vec<u8>) -> Result<(), Failure> {
-    check_key(&key)?;
+fn check_value(value: &[u8]) -> Result<(), Failure> {
     if value.len() > MAX_VALUE {
         return Err(Failure::Other(format!(
             "value of {} bytes: values are at most {MAX_VALUE} bytes",
             value.len()
         )));
     }
+    Ok(())
+}
+
+async fn set(b: Arc<Backend>, key: String, value: Vec<u8>) -> Result<(), Failure> {
+    check_key(&key)?;
+    check_value(&value)?;
     dispatch!(b, |s| s.set(&key, &value), |r| r
         .query(redis::cmd("SET").arg(&key).arg(&value)))
 }
@@ -465,6 +643,235 @@ async fn exists(b: Arc<Backend>, key: String) -> Result<bool, Failure> {
 
 async fn keys(b: Arc<Backend>) -> Result<Vec<String>, Failure> {
     dispatch!(b, |s| s.keys(), |r| r.keys())
+}
+
+/// Most keys one batch call may name.
+pub const MAX_BATCH: usize = 1000;
+
+fn check_batch(n: usize) -> Result<(), Failure> {
+    if n > MAX_BATCH {
+        return Err(Failure::Other(format!(
+            "{n} keys in one call: a batch names at most {MAX_BATCH}"
+        )));
+    }
+    Ok(())
+}
+
+async fn increment(b: Arc<Backend>, key: String, delta: i64) -> Result<i64, Failure> {
+    check_key(&key)?;
+    dispatch!(b, |s| s.increment(&key, delta), |r| r
+        .query(redis::cmd("INCRBY").arg(&key).arg(delta)))
+}
+
+async fn swap(
+    b: Arc<Backend>,
+    key: String,
+    expected: Option<Vec<u8>>,
+    value: Vec<u8>,
+) -> Result<Result<(), Option<Vec<u8>>>, Failure> {
+    check_value(&value)?;
+    dispatch!(b, |s| s.swap(&key, &expected, &value), |r| r
+        .swap(&key, &expected, &value))
+}
+
+async fn get_many(b: Arc<Backend>, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, Failure> {
+    check_batch(keys.len())?;
+    keys.iter().try_for_each(|k| check_key(k))?;
+    dispatch!(b, |s| s.get_many(&keys), |r| r.get_many(&keys))
+}
+
+async fn set_many(b: Arc<Backend>, pairs: Vec<(String, Vec<u8>)>) -> Result<(), Failure> {
+    check_batch(pairs.len())?;
+    for (k, v) in &pairs {
+        check_key(k)?;
+        check_value(v)?;
+    }
+    dispatch!(b, |s| s.set_many(&pairs), |r| r.set_many(&pairs))
+}
+
+async fn delete_many(b: Arc<Backend>, keys: Vec<String>) -> Result<(), Failure> {
+    check_batch(keys.len())?;
+    keys.iter().try_for_each(|k| check_key(k))?;
+    dispatch!(b, |s| s.delete_many(&keys), |r| r.delete_many(&keys))
+}
+
+/// A compare-and-swap handle (`wasi:keyvalue/atomics.cas`): the value a key
+/// held when it was made, to swap against.
+pub struct Cas {
+    backend: Arc<Backend>,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+impl From<Failure> for wk::store::Error {
+    fn from(f: Failure) -> wk::store::Error {
+        match f {
+            Failure::AccessDenied => wk::store::Error::AccessDenied,
+            Failure::NoSuchStore => wk::store::Error::NoSuchStore,
+            Failure::TableFull => {
+                wk::store::Error::Other(format!("more than {MAX_OPEN} stores open at once"))
+            }
+            Failure::Other(m) => wk::store::Error::Other(m),
+        }
+    }
+}
+
+// wasi:keyvalue@0.2.0-draft2: store, atomics and batch over the same
+// stores and grants (a bucket is a store label).
+impl wk::store::Host for KvView<'_> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<OpenStore>, wk::store::Error>> {
+        Ok(self.open(&identifier)?.map_err(Into::into))
+    }
+}
+
+impl wk::store::HostBucket for KvView<'_> {
+    async fn get(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(get(b, key).await.map_err(Into::into))
+    }
+    async fn set(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(set(b, key, value).await.map_err(Into::into))
+    }
+    async fn delete(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(delete(b, key).await.map_err(Into::into))
+    }
+    async fn exists(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(exists(b, key).await.map_err(Into::into))
+    }
+    /// Every key in one answer (at most `MAX_KEYS`): no cursor is needed.
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        _cursor: Option<String>,
+    ) -> wasmtime::Result<Result<wk::store::KeyResponse, wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(keys(b)
+            .await
+            .map(|keys| wk::store::KeyResponse { keys, cursor: None })
+            .map_err(Into::into))
+    }
+    async fn drop(&mut self, bucket: Resource<OpenStore>) -> wasmtime::Result<()> {
+        self.close(bucket)
+    }
+}
+
+impl wk::atomics::Host for KvView<'_> {
+    async fn increment(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(increment(b, key, delta).await.map_err(Into::into))
+    }
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wk::atomics::CasError>> {
+        let (backend, key, seen) = {
+            let c = self.table.get(&cas)?;
+            (c.backend.clone(), c.key.clone(), c.seen.clone())
+        };
+        match swap(backend, key, seen, value).await {
+            Ok(Ok(())) => {
+                self.table.delete(cas)?;
+                Ok(Ok(()))
+            }
+            // Lost the race: the handle now holds what the key holds, for
+            // the guest to read (`current`) and retry.
+            Ok(Err(now)) => {
+                self.table.get_mut(&cas)?.seen = now;
+                Ok(Err(wk::atomics::CasError::CasFailed(cas)))
+            }
+            Err(e) => {
+                self.table.delete(cas)?;
+                Ok(Err(wk::atomics::CasError::StoreError(e.into())))
+            }
+        }
+    }
+}
+
+impl wk::atomics::HostCas for KvView<'_> {
+    async fn new(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<Cas>, wk::store::Error>> {
+        let backend = self.backend(&bucket)?;
+        let seen = match get(backend.clone(), key.clone()).await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        match self.table.push(Cas { backend, key, seen }) {
+            Ok(r) => Ok(Ok(r)),
+            Err(_) => Ok(Err(Failure::TableFull.into())),
+        }
+    }
+    async fn current(
+        &mut self,
+        cas: Resource<Cas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, wk::store::Error>> {
+        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+    }
+    async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+impl wk::batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(get_many(b, keys.clone())
+            .await
+            .map(|values| keys.into_iter().zip(values).collect())
+            .map_err(Into::into))
+    }
+    async fn set_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(set_many(b, key_values).await.map_err(Into::into))
+    }
+    async fn delete_many(
+        &mut self,
+        bucket: Resource<OpenStore>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), wk::store::Error>> {
+        let b = self.backend(&bucket)?;
+        Ok(delete_many(b, keys).await.map_err(Into::into))
+    }
 }
 
 // fermyon:spin/key-value@2.0.0: synchronous for the guest, async here so
@@ -669,6 +1076,9 @@ impl Capability for KeyValue {
             }
         }
         v2::add_to_linker::<HostState, HasKv>(linker, get)?;
+        wk::store::add_to_linker::<HostState, HasKv>(linker, get)?;
+        wk::atomics::add_to_linker::<HostState, HasKv>(linker, get)?;
+        wk::batch::add_to_linker::<HostState, HasKv>(linker, get)?;
         if concurrent {
             v3::add_to_linker::<HostState, HasKv>(linker, get)?;
         }
