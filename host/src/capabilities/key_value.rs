@@ -1039,21 +1039,13 @@ impl Capability for KeyValue {
     /// Every granted label must have a store, opened now: a missing or
     /// unusable store stops the load (or refuses the swap), naming it.
     fn claim(stores: &Arc<Stores>, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
-        for g in &spec.key_value_stores {
-            match stores.backend(&g.label) {
-                Ok(Some(_)) => {}
-                Ok(None) => anyhow::bail!(
-                    "{}: component {component:?} is granted key-value store {:?}, which no \
-                     store backs: define [key_value_store.{}] in the runtime config \
-                     (--runtime-config-file)",
-                    g.location,
-                    g.label,
-                    g.label
-                ),
-                Err(e) => anyhow::bail!("{}: {e:#}", g.location),
-            }
-        }
-        Ok(())
+        super::claim_labels(
+            component,
+            &spec.key_value_stores,
+            "key-value store",
+            "key_value_store",
+            |label| stores.backend(label).map(|b| b.is_some()),
+        )
     }
 
     fn instance(

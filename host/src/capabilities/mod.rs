@@ -132,6 +132,33 @@ pub trait Capability {
     fn end_of_request(_instance: &mut Self::Instance) {}
 }
 
+/// Claims each store label a component is granted (`what`: "key-value
+/// store", "SQLite database"): `open` opens what backs it, `Ok(false)` when
+/// nothing does, which is an error naming the grant and the runtime-config
+/// `section` that would back it.
+pub(crate) fn claim_labels(
+    component: &str,
+    grants: &[crate::manifest::StoreGrant],
+    what: &str,
+    section: &str,
+    mut open: impl FnMut(&str) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    for g in grants {
+        match open(&g.label) {
+            Ok(true) => {}
+            Ok(false) => anyhow::bail!(
+                "{}: component {component:?} is granted {what} {:?}, which nothing backs: \
+                 define [{section}.{}] in the runtime config (--runtime-config-file)",
+                g.location,
+                g.label,
+                g.label
+            ),
+            Err(e) => anyhow::bail!("{}: {e:#}", g.location),
+        }
+    }
+    Ok(())
+}
+
 /// What the capabilities' app-wide state is built from.
 pub struct Settings {
     pub metrics: Arc<Metrics>,

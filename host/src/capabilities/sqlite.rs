@@ -481,20 +481,16 @@ impl Capability for Sqlite {
     /// Every granted label must have a database, and it must open: a
     /// missing or unusable one stops the load, naming it.
     fn claim(config: &Arc<Config>, component: &str, spec: &ComponentSpec) -> anyhow::Result<()> {
-        for g in &spec.sqlite_databases {
-            let Some(path) = config.path(&g.label) else {
-                anyhow::bail!(
-                    "{}: component {component:?} is granted SQLite database {:?}, which no \
-                     database backs: define [sqlite_database.{}] in the runtime config \
-                     (--runtime-config-file)",
-                    g.location,
-                    g.label,
-                    g.label
-                );
-            };
-            connect(path).map_err(|e| anyhow::anyhow!("{}: {e:#}", g.location))?;
-        }
-        Ok(())
+        super::claim_labels(
+            component,
+            &spec.sqlite_databases,
+            "SQLite database",
+            "sqlite_database",
+            |label| match config.path(label) {
+                Some(path) => connect(path).map(|_| true),
+                None => Ok(false),
+            },
+        )
     }
 
     fn instance(
