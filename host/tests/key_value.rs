@@ -573,3 +573,43 @@ async fn wasi_keyvalue_on_sqlite_and_on_redis() {
     );
     assert_eq!(get(&g.url("/kv-v2/default/n")).await.text(), "41");
 }
+
+/// Listing a store is bounded: past 10,000 keys `get-keys` and `list-keys`
+/// answer an error to the guest instead of an answer of any size; batches
+/// are bounded to 1,000 keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_and_batches_are_bounded() {
+    let (_dir, manifest) = app("");
+    let g = Gantry::start(&manifest, &[]);
+    for chunk in 0..10 {
+        let body: String = (0..1000)
+            .map(|i| format!("k{chunk:02}{i:04}=v\n"))
+            .collect();
+        let r = send("PUT", &g.url("/kv/default?many"), &[], body.into_bytes()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let keys = get(&g.url("/kv/default")).await;
+    assert_eq!(keys.status, 200);
+    assert_eq!(keys.json().as_array().map(Vec::len), Some(10_000));
+    let r = send(
+        "PUT",
+        &g.url("/kv/default?many"),
+        &[],
+        b"one-more=v\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for path in ["/kv/default", "/kv/default?list"] {
+        let r = get(&g.url(path)).await;
+        assert_eq!(r.status, 500, "{path}");
+        assert!(
+            r.text().contains("more than 10000 keys"),
+            "{path}: {}",
+            r.text()
+        );
+    }
+    let body: String = (0..1001).map(|i| format!("b{i}=v\n")).collect();
+    let r = send("PUT", &g.url("/kv/default?many"), &[], body.into_bytes()).await;
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("at most 1000"), "{}", r.text());
+}
