@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-use std::process::Command;
-
 fn wasip1_module() -> std::path::PathBuf {
     let p = workspace().join("target/wasm32-wasip1/wasm/kv_v2.wasm");
     assert!(
@@ -64,21 +62,7 @@ async fn a_wasip1_module_is_adapted_served_and_cached() {
     assert!(g.stderr().contains("from_cache=1"), "{}", g.stderr());
 
     // `gantry check` says what it did.
-    let out = Command::new(gantry_bin())
-        .args([
-            "check",
-            "-f",
-            manifest.to_str().expect("utf-8"),
-            "--no-cache",
-        ])
-        .output()
-        .expect("run gantry check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = check_ok(&manifest);
     assert!(
         text.contains("core module (wasip1), adapted to a component"),
         "{text}"

@@ -108,20 +108,6 @@ fn check_accepts_the_platform_probes() {
     wasm("platform");
     wasm("platform_v2");
     let (_dir, manifest) = write_manifest(APP);
-    let out = std::process::Command::new(gantry_bin())
-        .args([
-            "check",
-            "-f",
-            manifest.to_str().expect("utf-8"),
-            "--no-cache",
-        ])
-        .output()
-        .expect("run gantry check");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: 2 components, 2 routes"));
+    let text = check_ok(&manifest);
+    assert!(text.contains("OK: 2 components, 2 routes"), "{text}");
 }

@@ -342,3 +342,19 @@ pub fn up_args(manifest: &Path) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// `gantry check -f manifest --no-cache`, which must succeed: its stdout.
+pub fn check_ok(manifest: &Path) -> String {
+    let out = Command::new(gantry_bin())
+        .args(["check", "--no-cache", "-f"])
+        .arg(manifest)
+        .output()
+        .expect("run gantry check");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "gantry check failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
