@@ -36,6 +36,7 @@ done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || need+=(libprotobuf-dev)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
@@ -77,4 +78,10 @@ cargo test --release --locked -p gantry --no-run
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 # A core module, as Spin's http-rust-p2 template builds (wasm32-wasip1).
 cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
+# The Python toolchain (componentize-py, Spin's Python SDK; pinned) in a venv
+# under target/, and the Python example built with it.
+[ -x target/venv/bin/python ] || python3 -m venv target/venv
+target/venv/bin/pip install --quiet --disable-pip-version-check \
+    -r functions/hello-py/requirements.txt
+functions/hello-py/build.sh
 echo "setup done: target/release/gantry"
