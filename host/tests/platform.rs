@@ -111,3 +111,27 @@ fn check_accepts_the_platform_probes() {
     let text = check_ok(&manifest);
     assert!(text.contains("OK: 2 components, 2 routes"), "{text}");
 }
+
+/// SQLite through `fermyon:spin/sqlite@2.0.0` and `spin:sqlite/sqlite@3.0.0`
+/// (spin-sdk 5), granted: one database, both versions write and read it,
+/// parameters bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_2_0_0_and_3_0_0_share_the_default_database() {
+    wasm("platform_v2");
+    let (_dir, manifest) = write_manifest(&APP.replace(
+        "source = \"{wasm}/platform_v2.wasm\"",
+        "source = \"{wasm}/platform_v2.wasm\"\nsqlite_databases = [\"default\"]",
+    ));
+    let g = Gantry::start(&manifest, &[]);
+    let r = get(&g.url("/v2?sqlite")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"rows": [["from 2.0.0", 42], ["from 3.0.0", 42]], "count": 2})
+    );
+    let r = get(&g.url("/v2?sqlite")).await;
+    assert_eq!(r.json()["count"], 4, "{}", r.text());
+    // The probe's other calls are unchanged: `nope` is still not granted.
+    let r = get(&g.url("/v2")).await;
+    assert_eq!(r.json()["sqlite@3.0.0"], "Error::AccessDenied");
+}

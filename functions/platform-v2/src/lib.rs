@@ -3,7 +3,8 @@
 //! PostgreSQL, MySQL, MQTT, LLM) and `spin:postgres@3.0.0`, `@4.0.0` and
 //! `spin:sqlite@3.0.0`, each called once as an app granted nothing would.
 //! It answers a JSON object: for each interface, `"ok"` or the error the
-//! host answered.
+//! host answered. `?sqlite` instead uses the default database (when
+//! granted) through SQLite 2.0.0 and 3.0.0.
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
@@ -15,8 +16,52 @@ fn outcome<T, E: std::fmt::Debug>(r: Result<T, E>) -> serde_json::Value {
     }
 }
 
+/// `?sqlite`: the default database through `fermyon:spin/sqlite@2.0.0` and
+/// `spin:sqlite/sqlite@3.0.0` (granted): one writes, both read.
+fn sqlite() -> anyhow::Result<serde_json::Value> {
+    use spin_sdk::{sqlite, sqlite3};
+    let v2 = sqlite::Connection::open_default().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    v2.execute(
+        "CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        &[],
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    v2.execute(
+        "INSERT INTO notes (body) VALUES (?)",
+        &[sqlite::Value::Text("from 2.0.0".into())],
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let v3 = sqlite3::Connection::open_default().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    v3.execute(
+        "INSERT INTO notes (body) VALUES (?)",
+        &[sqlite3::Value::Text("from 3.0.0".into())],
+    )
+    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let rows = v3
+        .execute(
+            "SELECT body, ? * 2 AS twice FROM notes ORDER BY id",
+            &[sqlite3::Value::Integer(21)],
+        )
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let via_v3: Vec<serde_json::Value> = rows
+        .rows()
+        .map(|r| serde_json::json!([r.get::<&str>("body"), r.get::<i64>("twice")]))
+        .collect();
+    let count = v2
+        .execute("SELECT count(*) AS n FROM notes", &[])
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let n = count.rows().next().and_then(|r| r.get::<i64>("n"));
+    Ok(serde_json::json!({ "rows": via_v3, "count": n }))
+}
+
 #[http_component]
-fn handle(_req: Request) -> anyhow::Result<impl IntoResponse> {
+fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    if req.query() == "sqlite" {
+        return Ok(match sqlite() {
+            Ok(v) => Response::new(200, v.to_string()),
+            Err(e) => Response::new(500, format!("{e}\n")),
+        });
+    }
     let address = "127.0.0.1:9";
     let answers = serde_json::json!({
         "key-value@2.0.0": outcome(spin_sdk::key_value::Store::open("nope")),
