@@ -10,11 +10,12 @@ toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup toolchain list | grep -q "^${toolchain}"; then
     rustup toolchain install "$toolchain" --profile minimal \
         --component rustfmt --component clippy --target wasm32-wasip2 \
-        --target wasm32-wasip1 --target aarch64-unknown-linux-gnu
+        --target wasm32-wasip1 --target wasm32-unknown-unknown \
+        --target aarch64-unknown-linux-gnu
 fi
 # An existing toolchain may lack the targets or components.
 rustup target add --toolchain "$toolchain" wasm32-wasip2 wasm32-wasip1 \
-    aarch64-unknown-linux-gnu x86_64-unknown-linux-musl
+    wasm32-unknown-unknown aarch64-unknown-linux-gnu x86_64-unknown-linux-musl
 rustup component add --toolchain "$toolchain" rustfmt clippy
 
 # Real peers the tests and benchmarks talk to: Prometheus (server and
@@ -76,8 +77,10 @@ fi
 # of it again.
 cargo test --release --locked -p gantry --no-run
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
-# A core module, as Spin's http-rust-p2 template builds (wasm32-wasip1).
+# Core modules: one as Spin's http-rust-p2 template builds (wasm32-wasip1),
+# one carrying its component type without WASI preview1.
 cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
+cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
 # The Python toolchain (componentize-py, Spin's Python SDK; pinned) in a venv
 # under target/, and the Python example built with it.
 [ -x target/venv/bin/python ] || python3 -m venv target/venv

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
+cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
 functions/hello-py/build.sh
 cargo clippy --locked --release -p gantry --all-targets --features rppal -- -D warnings
 cargo clippy --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry -- -D warnings

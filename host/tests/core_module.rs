@@ -70,3 +70,31 @@ async fn a_wasip1_module_is_adapted_served_and_cached() {
     let size = std::fs::metadata(wasip1_module()).expect("stat").len();
     assert!(text.contains(&format!("{size} bytes")), "{text}");
 }
+
+/// A `wasm32-unknown-unknown` module carrying its component type (`bare`,
+/// wit-bindgen only) is made a component without the adapter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_typed_module_without_wasi_preview1_is_made_a_component() {
+    let module = workspace().join("target/wasm32-unknown-unknown/wasm/bare.wasm");
+    assert!(
+        module.is_file(),
+        "{} is missing: build it with `cargo build --target wasm32-unknown-unknown --profile wasm -p bare`",
+        module.display()
+    );
+    let (_dir, manifest) = write_manifest(&format!(
+        "spin_manifest_version = 2\n[application]\nname = \"bare\"\n[[trigger.http]]\nroute = \
+         \"/...\"\ncomponent = \"bare\"\n[component.bare]\nsource = \"{}\"\n",
+        module.display()
+    ));
+    let text = check_ok(&manifest);
+    assert!(
+        text.contains("core module, made a component from its type"),
+        "{text}"
+    );
+    let g = Gantry::start(&manifest, &[]);
+    let r = get(&g.url("/anything")).await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "bare core module\n".to_string())
+    );
+}
