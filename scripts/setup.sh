@@ -82,9 +82,10 @@ cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude
 cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
 cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
 # The Python toolchain (componentize-py, Spin's Python SDK; pinned) in a venv
-# under target/, and the Python example built with it.
+# under target/, and the Python example and probe built with it.
 [ -x target/venv/bin/python ] || python3 -m venv target/venv
 target/venv/bin/pip install --quiet --disable-pip-version-check \
     -r functions/hello-py/requirements.txt
 functions/hello-py/build.sh
+functions/platform-py/build.sh
 echo "setup done: target/release/gantry"

@@ -563,6 +563,12 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         if let Some(how) = l.componentized {
             println!("  {:<12} {how}", "");
         }
+        if l.release_candidate {
+            println!(
+                "  {:<12} WASI 0.3.0-rc-2026-03-15 interfaces, served through 0.3.0",
+                ""
+            );
+        }
     }
     let granted: Vec<_> = app
         .components

@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod server;
 pub mod swap;
 pub mod telemetry;
+pub mod wasi_rc;
 
 /// Library error values get no backtrace unless `RUST_LIB_BACKTRACE` asks for
 /// one; panics keep theirs (`RUST_BACKTRACE`). wasmtime builds an error value

@@ -347,6 +347,9 @@ pub struct LoadedComponent {
     pub compile_time: Duration,
     /// What turned a core module into this component, if it was one.
     pub componentized: Option<Componentized>,
+    /// Whether it uses WASI 0.3's release candidate, served through 0.3.0
+    /// (see `wasi_rc`).
+    pub release_candidate: bool,
 }
 
 /// How a core module became a component at load.
@@ -586,12 +589,13 @@ impl Runtime {
         } else {
             (bytes, None)
         };
-        let plain = if serves_only_p2(bytes) {
+        let candidate = crate::wasi_rc::uses_candidate(bytes);
+        let plain = if !candidate && serves_only_p2(bytes) {
             self.plain()
         } else {
             None
         };
-        let linked = match plain.map(|unit| self.link(unit, bytes, &digest, path)) {
+        let linked = match plain.map(|unit| self.link(unit, bytes, false, &digest, path)) {
             Some(Ok(linked)) => linked,
             Some(Err(e)) => {
                 // Anything the plain engine refuses (a 0.3 import, say) the
@@ -600,9 +604,9 @@ impl Runtime {
                     component = id,
                     "not for the engine without concurrency support: {e}"
                 );
-                self.link(&self.full, bytes, &digest, path)?
+                self.link(&self.full, bytes, false, &digest, path)?
             }
-            None => self.link(&self.full, bytes, &digest, path)?,
+            None => self.link(&self.full, bytes, candidate, &digest, path)?,
         };
         let (handler, from_cache) = linked;
         let id: Arc<str> = Arc::from(id);
@@ -618,19 +622,23 @@ impl Runtime {
             from_cache,
             compile_time: started.elapsed(),
             componentized,
+            release_candidate: candidate,
         })
     }
 
     /// Compiles (or loads from cache) and links a component on one engine,
     /// and finds its handler. The plain engine takes only 0.2 handlers.
+    /// `candidate`: the component uses WASI 0.3's release candidate.
     fn link(
         &self,
         unit: &EngineUnit,
         bytes: &[u8],
+        candidate: bool,
         digest: &str,
         path: &Path,
     ) -> Result<(HandlerPre, bool), ComponentError> {
-        let (component, from_cache) = self.compile_cached(&unit.engine, bytes, digest, path)?;
+        let (component, from_cache) =
+            self.compile_cached(&unit.engine, bytes, candidate, digest, path)?;
         let stubbed =
             crate::capabilities::unserved::linker_for(&unit.linker, &component, unit.concurrent)
                 .map_err(|e| ComponentError::Link {
@@ -662,6 +670,7 @@ impl Runtime {
         &self,
         engine: &Engine,
         bytes: &[u8],
+        candidate: bool,
         digest: &str,
         path: &Path,
     ) -> Result<(Component, bool), ComponentError> {
@@ -687,6 +696,17 @@ impl Runtime {
                 }
             }
         }
+        // Only on a miss: the cached artifact is of the wrapped component.
+        let wrapped;
+        let bytes = if candidate {
+            wrapped = crate::wasi_rc::bridge(bytes).map_err(|e| ComponentError::Link {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+            wrapped.as_slice()
+        } else {
+            bytes
+        };
         let component = Component::new(engine, bytes).map_err(|e| ComponentError::Compile {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
@@ -700,6 +720,11 @@ impl Runtime {
     }
 }
 
+/// What is done to a file before it is compiled (componentizing core
+/// modules, bridging WASI 0.3's release candidate): change it whenever that
+/// changes, so that no artifact of an earlier preparation is loaded.
+const PREPARATION: &str = "componentize+wasi-rc-2026-03-15";
+
 /// The file name of a compiled component: its content digest, this Gantry's
 /// version and the engine's compatibility hash (wasmtime version, target,
 /// CPU features, settings), so that an artifact of any other build, engine
@@ -708,6 +733,7 @@ fn artifact_name(engine: &Engine, digest: &str) -> String {
     let mut h = Sha256::new();
     h.update(digest.as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(PREPARATION.as_bytes());
     std::hash::Hash::hash(
         &engine.precompile_compatibility_hash(),
         &mut HashWriter(&mut h),

@@ -6,13 +6,10 @@ mod common;
 use common::*;
 
 fn wasip1_module() -> std::path::PathBuf {
-    let p = workspace().join("target/wasm32-wasip1/wasm/kv_v2.wasm");
-    assert!(
-        p.is_file(),
-        "{} is missing: build it with `cargo build --target wasm32-wasip1 --profile wasm -p kv-v2`",
-        p.display()
-    );
-    p
+    built(
+        "target/wasm32-wasip1/wasm/kv_v2.wasm",
+        "build it with `cargo build --target wasm32-wasip1 --profile wasm -p kv-v2`",
+    )
 }
 
 fn manifest() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -75,11 +72,9 @@ async fn a_wasip1_module_is_adapted_served_and_cached() {
 /// wit-bindgen only) is made a component without the adapter.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_typed_module_without_wasi_preview1_is_made_a_component() {
-    let module = workspace().join("target/wasm32-unknown-unknown/wasm/bare.wasm");
-    assert!(
-        module.is_file(),
-        "{} is missing: build it with `cargo build --target wasm32-unknown-unknown --profile wasm -p bare`",
-        module.display()
+    let module = built(
+        "target/wasm32-unknown-unknown/wasm/bare.wasm",
+        "build it with `cargo build --target wasm32-unknown-unknown --profile wasm -p bare`",
     );
     let (_dir, manifest) = write_manifest(&format!(
         "spin_manifest_version = 2\n[application]\nname = \"bare\"\n[[trigger.http]]\nroute = \

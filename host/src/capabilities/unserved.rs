@@ -1,8 +1,6 @@
 //! Spin's interfaces this Gantry links but does not serve: Redis,
 //! PostgreSQL, MySQL, MQTT (`spin:*@3`/`@4`, `fermyon:spin/*@2.0.0`), the
-//! LLM interface, and WASI 0.3's release candidates (`@0.3.0-rc-*`, imported
-//! by Python components beside the 0.3.0 interfaces they call; a call to
-//! one traps, naming it). A component importing them loads, as under Spin (every
+//! LLM interface. A component importing them loads, as under Spin (every
 //! Python component imports the whole platform world); each call answers
 //! the interface's own error, chosen from the error variant the component
 //! itself declares, so every version of each interface is covered without
@@ -36,22 +34,12 @@ const UNSERVED: &[(&str, &str)] = &[
 /// A resource no call ever hands out.
 struct Unobtainable;
 
-/// The release candidates of WASI 0.3 that componentize-py puts into every
-/// Python component beside the 0.3.0 interfaces its SDK calls: linked so
-/// that the component loads; a call traps, naming the interface.
-const WASI_RC: &str = "@0.3.0-rc-";
-
 fn unserved(name: &str) -> Option<&'static str> {
-    if name.starts_with("wasi:") && name.contains(WASI_RC) {
-        return Some(RC);
-    }
     UNSERVED
         .iter()
         .find(|(prefix, _)| name.starts_with(prefix))
         .map(|(_, what)| *what)
 }
-
-const RC: &str = "a WASI 0.3 release candidate";
 
 /// `base`, or a copy of it with stubs for the unserved interfaces
 /// `component` imports.
@@ -109,8 +97,7 @@ fn fill(answer: &Option<Val>, label: &str, results: &mut [Val]) -> wasmtime::Res
             Ok(())
         }
         _ => Err(wasmtime::Error::msg(format!(
-            "{label} is not served by this Gantry, and has no error to answer with \
-             (of WASI 0.3, the 0.3.0 interfaces are served)"
+            "{label} is not served by this Gantry, and has no error to answer with"
         ))),
     }
 }
@@ -118,9 +105,6 @@ fn fill(answer: &Option<Val>, label: &str, results: &mut [Val]) -> wasmtime::Res
 /// The error a call answers: `result<_, E>` where `E` is the interface's
 /// error variant, with the case that best says "not available here".
 fn denial(f: &ComponentFunc, what: &str, interface: &str) -> Option<Val> {
-    if what == RC {
-        return None;
-    }
     let mut results = f.results();
     let (Some(Type::Result(r)), None) = (results.next(), results.next()) else {
         return None;

@@ -284,6 +284,14 @@ impl Upstream {
 
 /// Writes a manifest into a fresh temp folder; `{wasm}` in the text is
 /// replaced by the folder of built components.
+/// A guest built outside cargo's test build (another target, another
+/// toolchain), at `path` under the workspace; `how` says how to build it.
+pub fn built(path: &str, how: &str) -> PathBuf {
+    let p = workspace().join(path);
+    assert!(p.is_file(), "{} is missing: {how}", p.display());
+    p
+}
+
 pub fn write_manifest(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("spin.toml");
