@@ -251,7 +251,10 @@ fn new_store(
     trace: TraceHandle,
     deadline: Instant,
 ) -> Store<HostState> {
-    let mut store = Store::new(engine, HostState::new(caps, shared, max_memory, trace));
+    let mut store = Store::new(
+        engine,
+        HostState::new(caps, shared, max_memory, trace, deadline),
+    );
     store.limiter(HostState::limiter);
     // Every tick, a guest that is running yields to the executor (so one busy
     // guest cannot starve others on its thread) and past its deadline traps.

@@ -4,7 +4,9 @@
 //! `spin:sqlite@3.0.0`, each called once as an app granted nothing would.
 //! It answers a JSON object: for each interface, `"ok"` or the error the
 //! host answered. `?sqlite` instead uses the default database (when
-//! granted) through SQLite 2.0.0 and 3.0.0.
+//! granted) through SQLite 2.0.0 and 3.0.0; `POST ?sql` runs the statement
+//! the body holds there; `?open=N` opens the default key-value store and the
+//! default database N times each, holding them, to probe the host's bounds.
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
@@ -54,8 +56,52 @@ fn sqlite() -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "rows": via_v3, "count": n }))
 }
 
+/// `POST ?sql`: the body's statement on the default database, through
+/// `spin:sqlite@3.0.0`; the number of rows, or the host's error.
+fn sql(statement: &str) -> Response {
+    let result =
+        spin_sdk::sqlite3::Connection::open_default().and_then(|db| db.execute(statement, &[]));
+    match result {
+        Ok(rows) => Response::new(
+            200,
+            serde_json::json!({ "rows": rows.rows.len() }).to_string(),
+        ),
+        Err(e) => Response::new(500, format!("{e:?}\n")),
+    }
+}
+
+/// `?open=N`: how many opens of each kind succeeded, and the first error.
+fn open(n: usize) -> Response {
+    fn count<T, E: std::fmt::Debug>(
+        n: usize,
+        mut open: impl FnMut() -> Result<T, E>,
+    ) -> serde_json::Value {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            match open() {
+                Ok(handle) => held.push(handle),
+                Err(e) => {
+                    return serde_json::json!({ "opened": held.len(), "error": format!("{e:?}") });
+                }
+            }
+        }
+        serde_json::json!({ "opened": held.len() })
+    }
+    let answers = serde_json::json!({
+        "key-value": count(n, spin_sdk::key_value::Store::open_default),
+        "sqlite": count(n, spin_sdk::sqlite3::Connection::open_default),
+    });
+    Response::new(200, answers.to_string())
+}
+
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    if req.query() == "sql" {
+        return Ok(sql(&String::from_utf8_lossy(req.body())));
+    }
+    if let Some(n) = req.query().strip_prefix("open=") {
+        return Ok(open(n.parse().unwrap_or(0)));
+    }
     if req.query() == "sqlite" {
         return Ok(match sqlite() {
             Ok(v) => Response::new(200, v.to_string()),

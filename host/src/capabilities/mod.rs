@@ -177,6 +177,8 @@ pub struct Request {
     pub component: Arc<str>,
     pub trace: TraceHandle,
     pub guest: Arc<Mutex<otel::GuestTelemetry>>,
+    /// When the request times out: no host work done for it outlives this.
+    pub deadline: std::time::Instant,
 }
 
 /// The request's telemetry: tracer, metrics and the server span's context.
@@ -331,6 +333,7 @@ impl HostState {
         shared: &Shared,
         max_memory: u64,
         trace: TraceHandle,
+        deadline: std::time::Instant,
     ) -> HostState {
         let guest = otel::GuestTelemetry::new(
             caps.id.clone(),
@@ -342,6 +345,7 @@ impl HostState {
             component: caps.id.clone(),
             trace,
             guest: Arc::new(Mutex::new(guest)),
+            deadline,
         };
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

@@ -7,7 +7,9 @@
 //! `[sqlite_database.<label>]`), and each instance's open connections. Every
 //! `open` is a connection of its own, so a guest's transaction is its own;
 //! WAL and a busy timeout let requests write one file at once. Statements
-//! run on the blocking pool, each interrupted past `STATEMENT_TIMEOUT`, and
+//! run on the blocking pool, each interrupted past `STATEMENT_TIMEOUT` or
+//! its request's deadline, whichever comes first (so a statement never
+//! runs on after its request has timed out), and
 //! a result larger than `MAX_RESULT_BYTES` is an error to the guest.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -112,9 +114,10 @@ fn run(
     conn: &rusqlite::Connection,
     statement: &str,
     params: Vec<Val>,
+    deadline: Instant,
 ) -> Result<(Rows, i64, u64), String> {
-    let started = Instant::now();
-    conn.progress_handler(10_000, Some(move || started.elapsed() > STATEMENT_TIMEOUT))
+    let until = deadline.min(Instant::now() + STATEMENT_TIMEOUT);
+    conn.progress_handler(10_000, Some(move || Instant::now() > until))
         .map_err(|e| e.to_string())?;
     let result = (|| {
         let mut stmt = conn.prepare(statement).map_err(|e| e.to_string())?;
@@ -166,7 +169,10 @@ fn run(
         .map_err(|e| e.to_string())?;
     let rows = result.map_err(|e| {
         if e.contains("interrupted") {
-            format!("the statement ran past {STATEMENT_TIMEOUT:?} and was interrupted")
+            format!(
+                "the statement was interrupted: it ran past {STATEMENT_TIMEOUT:?} \
+                 or past its request's deadline"
+            )
         } else {
             e
         }
@@ -179,6 +185,7 @@ pub struct SqliteInstance {
     granted: Arc<BTreeSet<String>>,
     config: Arc<Config>,
     open: usize,
+    deadline: Instant,
 }
 
 pub struct DbView<'a> {
@@ -235,12 +242,13 @@ async fn execute(
     conn: Arc<Mutex<rusqlite::Connection>>,
     statement: String,
     params: Vec<Val>,
+    deadline: Instant,
 ) -> Result<(Rows, i64, u64), Failure> {
     let r = tokio::task::spawn_blocking(move || {
         let conn = conn
             .lock()
             .map_err(|_| "the connection is unusable".to_string())?;
-        run(&conn, &statement, params)
+        run(&conn, &statement, params, deadline)
     })
     .await;
     match r {
@@ -323,7 +331,7 @@ macro_rules! open_execute {
         ) -> wasmtime::Result<Result<$m::QueryResult, $m::Error>> {
             let conn = self.conn(&db)?;
             let params = parameters.into_iter().map(Into::into).collect();
-            match execute(conn, statement, params).await {
+            match execute(conn, statement, params, self.db.deadline).await {
                 Ok((rows, rowid, changes)) => {
                     self.record(&db, rowid, changes)?;
                     Ok(Ok(rows.into()))
@@ -422,9 +430,12 @@ impl<U> v31::HostConnectionWithStore<U> for HasDb {
             v31::Error,
         >,
     > {
-        let conn = accessor.with(|mut view| view.get().conn(&db))?;
+        let (conn, deadline) = accessor.with(|mut view| {
+            let view = view.get();
+            view.conn(&db).map(|conn| (conn, view.db.deadline))
+        })?;
         let params = parameters.into_iter().map(Into::into).collect();
-        let (rows, rowid, changes) = match execute(conn, statement, params).await {
+        let (rows, rowid, changes) = match execute(conn, statement, params, deadline).await {
             Ok(r) => r,
             Err(e) => return Ok(Err(e.into())),
         };
@@ -496,12 +507,13 @@ impl Capability for Sqlite {
     fn instance(
         config: &Arc<Config>,
         grant: &Arc<BTreeSet<String>>,
-        _: &Request,
+        request: &Request,
     ) -> SqliteInstance {
         SqliteInstance {
             granted: grant.clone(),
             config: config.clone(),
             open: 0,
+            deadline: request.deadline,
         }
     }
 
