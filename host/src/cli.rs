@@ -722,6 +722,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         },
         shared,
     ));
+    // Requests a component sends to the app itself come back to this server.
+    let dispatch: std::sync::Weak<dyn crate::capabilities::outbound_http::AppDispatch> =
+        Arc::downgrade(&server) as _;
+    server.shared.http.set(dispatch);
     let metrics_export = MetricsExport::start(metrics_handle)?;
     let swapper = Arc::new(Swapper::new(
         runtime.clone(),

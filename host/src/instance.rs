@@ -83,6 +83,9 @@ pub struct Call {
     pub trace: TraceHandle,
     /// The capabilities' app-wide state.
     pub shared: Arc<Shared>,
+    /// For a request to the app itself: how deep its chain is, and the
+    /// deadline of the request that began it, which this one cannot outlive.
+    pub chain: Option<(u32, Instant)>,
 }
 
 /// Calls the component's handler for one request.
@@ -99,12 +102,17 @@ pub async fn invoke(
         watch,
         trace,
         shared,
+        chain,
     } = call;
-    let deadline = Instant::now() + timeout;
+    let own = Instant::now() + timeout;
+    let (hops, deadline) = match chain {
+        Some((hops, outer)) => (hops, own.min(outer)),
+        None => (0, own),
+    };
     let metrics = trace.metrics.clone();
     let body_metrics = trace.metrics.clone();
     let engine = loaded.handler.component().engine();
-    let mut store = new_store(engine, &caps, &shared, max_memory, trace, deadline);
+    let mut store = new_store(engine, &caps, &shared, max_memory, trace, deadline, hops);
 
     let (tx, rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -250,10 +258,11 @@ fn new_store(
     max_memory: u64,
     trace: TraceHandle,
     deadline: Instant,
+    hops: u32,
 ) -> Store<HostState> {
     let mut store = Store::new(
         engine,
-        HostState::new(caps, shared, max_memory, trace, deadline),
+        HostState::new(caps, shared, max_memory, trace, deadline, hops),
     );
     store.limiter(HostState::limiter);
     // Every tick, a guest that is running yields to the executor (so one busy
@@ -500,7 +509,7 @@ pub async fn instantiate_only(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(10);
     let engine = loaded.handler.component().engine();
-    let mut store = new_store(engine, caps, shared, max_memory, trace, deadline);
+    let mut store = new_store(engine, caps, shared, max_memory, trace, deadline, 0);
     let store_ready = Instant::now();
     loaded
         .handler

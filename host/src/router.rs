@@ -45,6 +45,54 @@ struct RouteHeaders {
 }
 
 impl RouteEntry {
+    fn new(raw: &str, component: &str, component_index: usize) -> RouteEntry {
+        let wildcard = split_wildcard(raw).1;
+        // Spin strips one trailing slash from a non-wildcard route, so the
+        // root route `/` is reported as the empty string.
+        let based = if wildcard {
+            raw.to_string()
+        } else {
+            raw.strip_suffix('/').unwrap_or(raw).to_string()
+        };
+        let prefix = raw.strip_suffix("/...").unwrap_or(raw);
+        let route_headers = match (
+            HeaderValue::from_str(&based),
+            HeaderValue::from_str(raw),
+            HeaderValue::from_str(prefix),
+        ) {
+            (Ok(matched), Ok(raw), Ok(component_route)) => Some(RouteHeaders {
+                matched,
+                raw,
+                component_route,
+            }),
+            _ => None,
+        };
+        RouteEntry {
+            raw: Arc::from(raw),
+            based,
+            component: Arc::from(component),
+            component_index,
+            wildcard,
+            route_headers,
+        }
+    }
+
+    /// The entry a chained request (`http://<id>.spin.internal`) reaches its
+    /// component through, whatever its routes (or none, if it is private):
+    /// `/...`, so `spin-path-info` is the whole path, as in Spin.
+    pub fn chained(component: &str, component_index: usize) -> RouteEntry {
+        RouteEntry::new("/...", component, component_index)
+    }
+
+    /// A chained request's match: the whole path is the path info.
+    pub fn matching(&self, path: &str) -> RouteMatch<'_> {
+        RouteMatch {
+            entry: self,
+            path_info: path.to_string(),
+            params: Vec::new(),
+        }
+    }
+
     /// The route without its trailing wildcard (`spin-component-route`).
     pub fn prefix(&self) -> &str {
         self.raw.strip_suffix("/...").unwrap_or(&self.raw)
@@ -159,36 +207,8 @@ impl Router {
         let mut router = Router::default();
         for (raw, component, index) in routes {
             let (body, wildcard) = split_wildcard(raw);
-            // Spin strips one trailing slash from a non-wildcard route, so the
-            // root route `/` is reported as the empty string.
-            let based = if wildcard {
-                raw.to_string()
-            } else {
-                raw.strip_suffix('/').unwrap_or(raw).to_string()
-            };
             let id = router.entries.len();
-            let prefix = raw.strip_suffix("/...").unwrap_or(raw);
-            let route_headers = match (
-                HeaderValue::from_str(&based),
-                HeaderValue::from_str(raw),
-                HeaderValue::from_str(prefix),
-            ) {
-                (Ok(matched), Ok(raw), Ok(component_route)) => Some(RouteHeaders {
-                    matched,
-                    raw,
-                    component_route,
-                }),
-                _ => None,
-            };
-            let raw: Arc<str> = Arc::from(raw);
-            router.entries.push(RouteEntry {
-                raw,
-                based,
-                component: Arc::from(component),
-                component_index: index,
-                wildcard,
-                route_headers,
-            });
+            router.entries.push(RouteEntry::new(raw, component, index));
             let mut node = &mut router.root;
             for seg in split(body) {
                 node = if let Some(name) = seg.strip_prefix(':') {

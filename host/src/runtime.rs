@@ -945,6 +945,8 @@ pub struct LiveApp {
     pub router: Router,
     pub slots: Vec<Arc<ComponentSlot>>,
     pub index: HashMap<String, usize>,
+    /// Per slot, the entry chained requests reach it through.
+    pub chained: Vec<crate::router::RouteEntry>,
 }
 
 impl LiveApp {
@@ -1088,11 +1090,17 @@ pub fn load_app_over(
         .filter_map(|(route, comp)| index.get(comp).map(|&i| (route, comp, i)))
         .collect();
     let router = Router::build(routes);
+    let chained = slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| crate::router::RouteEntry::chained(&slot.id, i))
+        .collect();
     Ok(LiveApp {
         app,
         router,
         slots,
         index,
+        chained,
     })
 }
 

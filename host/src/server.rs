@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::capabilities::Shared;
+use crate::capabilities::outbound_http::{AppDispatch, Internal, InternalRequest};
 use crate::connection::{Active, ConnLimits, ConnShared, GuardedStream};
 use crate::instance::{self, Admission, Call, InvokeError, TraceHandle};
 use crate::router::insert_spin_headers;
@@ -97,6 +98,66 @@ impl AppServer {
         let Some(m) = live.router.route(req.uri().path()) else {
             return plain(StatusCode::NOT_FOUND, "Not Found\n");
         };
+        self.serve_match(req, &live, &m, client, local, None).await
+    }
+
+    /// A request to the app itself (see [`AppDispatch`]): routed by path, or
+    /// given straight to a component, then served as a client's request is,
+    /// with its own server span, limits and metrics, but no socket.
+    async fn handle_internal(
+        self: Arc<Self>,
+        internal: InternalRequest,
+    ) -> Result<Response<WasiBody>, wasmtime_wasi_http::Error> {
+        let InternalRequest {
+            to,
+            request,
+            hops,
+            deadline,
+        } = internal;
+        if std::time::Instant::now() >= deadline {
+            return Err(wasmtime_wasi_http::Error::ConnectionTimeout);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _guard = InFlight(&self.in_flight);
+        let live = self.live.load_full();
+        let path = request.uri().path().to_string();
+        let m = match &to {
+            Internal::Router => match live.router.route(&path) {
+                Some(m) => m,
+                None => return Ok(plain(StatusCode::NOT_FOUND, "Not Found\n")),
+            },
+            Internal::Component(id) => match live.index.get(id.as_str()) {
+                Some(&i) => live.chained[i].matching(&path),
+                None => return Err(wasmtime_wasi_http::Error::DestinationNotFound),
+            },
+        };
+        let peer = Peer::new(INTERNAL_CLIENT);
+        Ok(self
+            .serve_match(
+                request,
+                &live,
+                &m,
+                &peer,
+                INTERNAL_CLIENT,
+                Some((hops, deadline)),
+            )
+            .await)
+    }
+
+    /// Serves a routed request and records its duration.
+    async fn serve_match<B>(
+        &self,
+        req: Request<B>,
+        live: &LiveApp,
+        m: &crate::router::RouteMatch<'_>,
+        client: &Peer,
+        local: SocketAddr,
+        chain: Option<(u32, std::time::Instant)>,
+    ) -> Response<WasiBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let slot = live.slots[m.entry.component_index].clone();
         let version = slot.current.load_full();
         let component = slot.id.clone();
@@ -114,7 +175,7 @@ impl AppServer {
             trace_id = tracing::field::Empty
         );
         let response = self
-            .handle_routed(req, &m, &slot, &version, client, local)
+            .handle_routed(req, m, &slot, &version, client, local, chain)
             .instrument(log_span)
             .await;
         let status = response.status();
@@ -128,15 +189,21 @@ impl AppServer {
         response
     }
 
-    async fn handle_routed(
+    #[allow(clippy::too_many_arguments)]
+    async fn handle_routed<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         m: &crate::router::RouteMatch<'_>,
         slot: &crate::runtime::ComponentSlot,
         version: &crate::runtime::Version,
         client: &Peer,
         local: SocketAddr,
-    ) -> Response<WasiBody> {
+        chain: Option<(u32, std::time::Instant)>,
+    ) -> Response<WasiBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         // For the span's `url.path` and the error log, after the request has
         // gone to the guest.
         let path: Arc<str> = Arc::from(req.uri().path());
@@ -249,6 +316,7 @@ impl AppServer {
                 cx: span.clone(),
             },
             shared: self.shared.clone(),
+            chain,
         };
         let result = instance::invoke(call, request).await;
         if overflow.load(Ordering::Relaxed) {
@@ -385,6 +453,21 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
                 Err("Bad Request: the Host header is not a valid host[:port]\n")
             }
         }
+    }
+}
+
+/// The client address a request to the app itself carries.
+const INTERNAL_CLIENT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+impl AppDispatch for AppServer {
+    fn dispatch(
+        self: Arc<Self>,
+        request: InternalRequest,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<WasiBody>, wasmtime_wasi_http::Error>> + Send>,
+    > {
+        Box::pin(self.handle_internal(request))
     }
 }
 
@@ -573,7 +656,11 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 /// The request body as the guest sees it: at most `limit` bytes
 /// (`http_body_util::Limited`); past that it ends with
 /// `HTTP-request-body-size`, `overflow` is set and the host answers 413.
-fn limited(body: Incoming, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody {
+fn limited<B>(body: B, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     http_body_util::Limited::new(body, cap)
         .map_err(
@@ -584,7 +671,10 @@ fn limited(body: Incoming, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody {
                 }
                 Err(e) => match e.downcast::<hyper::Error>() {
                     Ok(e) => (*e).into(),
-                    Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+                    Err(e) => match e.downcast::<wasmtime_wasi_http::Error>() {
+                        Ok(e) => *e,
+                        Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+                    },
                 },
             },
         )

@@ -21,6 +21,7 @@ async fn guest_output_becomes_otlp_logs_with_the_request_trace() {
         ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_string()),
         ("OTEL_SERVICE_NAME", "gantry-logs-test".to_string()),
         ("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()),
+        ("SPIN_VARIABLE_UPSTREAM_HOST", upstream.url()),
     ];
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
     let traceparent = format!("00-{TRACE}-{CALLER}-01");

@@ -18,7 +18,10 @@ async fn serves_every_route_and_404s_the_rest() {
     let g = Gantry::start_env(
         &root_manifest(),
         &["--variable", "beta_delay_ms=40"],
-        &[("SPIN_VARIABLE_UPSTREAM_URL", upstream.url().as_str())],
+        &[
+            ("SPIN_VARIABLE_UPSTREAM_URL", upstream.url().as_str()),
+            ("SPIN_VARIABLE_UPSTREAM_HOST", upstream.url().as_str()),
+        ],
     );
 
     let r = get(&g.url("/hello")).await;
@@ -374,4 +377,21 @@ source = "{wasm}/beta.wasm"
     assert_eq!(get(&g.url("/alpha")).await.status, 200);
     assert_eq!(get(&g.url("/loop")).await.status, 504);
     assert_eq!(get(&g.url("/trap")).await.status, 500);
+}
+
+/// The root app as `gantry up` serves it with nothing set: `/hello` calls
+/// the app's own `/alpha` in-process, so it answers without any network.
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_answers_without_a_network_by_calling_the_app_itself() {
+    wasm("hello");
+    wasm("alpha");
+    let g = Gantry::start(&root_manifest(), &[]);
+    let r = get(&g.url("/hello")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "hello (http://self.alt/alpha answered 200)\n",
+        "{}",
+        r.text()
+    );
 }

@@ -32,6 +32,7 @@ async fn trace_context_flows_from_caller_through_host_to_upstream() {
     let upstream = Upstream::start().await;
     let mut env = otel_env(&rx);
     env.push(("SPIN_VARIABLE_UPSTREAM_URL", upstream.url()));
+    env.push(("SPIN_VARIABLE_UPSTREAM_HOST", upstream.url()));
     let g = Gantry::start_env(&workspace().join("spin.toml"), &[], &env);
 
     let traceparent = format!("00-{TRACE}-{CALLER}-01");

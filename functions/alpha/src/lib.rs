@@ -2,7 +2,10 @@
 //! (`wasi:http/incoming-handler`) with the plain `wasip2` bindings, so the
 //! examples cover both WASI HTTP versions. With `?fetch=http://host:port/path`
 //! it also calls that URL (`wasi:http/outgoing-handler`, so only where the
-//! manifest's `allowed_outbound_hosts` lets it) and reports the answer.
+//! manifest's `allowed_outbound_hosts` lets it) and reports the answer: its
+//! status, length and (up to 64 KiB) body. `?fetch=/path` is a relative URL,
+//! sent as Spin's SDKs send one (authority `:80`): a request to the app
+//! itself.
 //!
 //! To see what slow and large responses cost (and that they cost only their
 //! own request): `?size=N` pads the body to N bytes (at most 64 MiB),
@@ -86,15 +89,21 @@ fn json_escape(s: &str) -> String {
     out
 }
 
-/// Calls `url` (plain `http://` only) and says how it went, as a JSON value:
-/// the status and the body's length, or the error.
+/// The most of a fetched body reported back.
+const MAX_FETCHED_BODY: usize = 64 << 10;
+
+/// Calls `url` (plain `http://`, or a path) and says how it went, as a JSON
+/// value: the status, the body's length and its start, or the error.
 fn fetch(url: &str) -> String {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let (authority, path) = if url.starts_with('/') {
+        (":80", url)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        }
+    } else {
         return format!("{{\"error\":\"only http:// URLs: {}\"}}", json_escape(url));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
     // Setting a scheme, an authority or a path only fails on a malformed
@@ -117,18 +126,26 @@ fn fetch(url: &str) -> String {
     };
     let status = response.status();
     let mut length = 0usize;
+    let mut kept = Vec::new();
     if let Ok(body) = response.consume()
         && let Ok(stream) = body.stream()
     {
         loop {
             match stream.blocking_read(64 * 1024) {
-                Ok(bytes) => length += bytes.len(),
+                Ok(bytes) => {
+                    length += bytes.len();
+                    let room = MAX_FETCHED_BODY.saturating_sub(kept.len());
+                    kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(_)) => break,
             }
         }
     }
-    format!("{{\"status\":{status},\"length\":{length}}}")
+    format!(
+        "{{\"status\":{status},\"length\":{length},\"body\":\"{}\"}}",
+        json_escape(&String::from_utf8_lossy(&kept))
+    )
 }
 
 impl Guest for Alpha {

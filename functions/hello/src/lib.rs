@@ -1,7 +1,8 @@
 //! `hello`: the traced "hello that calls out".
 //!
 //! Calls the URL held in the `upstream_url` variable (spin.toml default:
-//! `https://example.com`) and answers `hello` with the status it got back. The
+//! `http://self.alt/alpha`, this app's `/alpha`, reached in-process) and
+//! answers `hello` with the status it got back. The
 //! variable is read with spin-sdk's `variables::get`, which Spin and Gantry
 //! both provide, so the same component runs unchanged under either host.
 //!
@@ -13,7 +14,7 @@
 use spin_sdk::http::{HeaderMap, HeaderValue, Request, StatusCode};
 use spin_sdk::http_service;
 
-const DEFAULT_UPSTREAM: &str = "https://example.com";
+const DEFAULT_UPSTREAM: &str = "http://self.alt/alpha";
 
 async fn upstream_url() -> String {
     match spin_sdk::variables::get("upstream_url").await {

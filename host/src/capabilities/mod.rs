@@ -179,6 +179,9 @@ pub struct Request {
     pub guest: Arc<Mutex<otel::GuestTelemetry>>,
     /// When the request times out: no host work done for it outlives this.
     pub deadline: std::time::Instant,
+    /// How many requests to the app itself led to this one (0 for a
+    /// client's request).
+    pub hops: u32,
 }
 
 /// The request's telemetry: tracer, metrics and the server span's context.
@@ -334,6 +337,7 @@ impl HostState {
         max_memory: u64,
         trace: TraceHandle,
         deadline: std::time::Instant,
+        hops: u32,
     ) -> HostState {
         let guest = otel::GuestTelemetry::new(
             caps.id.clone(),
@@ -346,6 +350,7 @@ impl HostState {
             trace,
             guest: Arc::new(Mutex::new(guest)),
             deadline,
+            hops,
         };
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

@@ -3,9 +3,18 @@
 //! the manifest's: [`crate::manifest::HostPattern`]), enforced before any
 //! connection is opened. A denied request fails inside the guest with
 //! `HTTP-request-denied`.
+//!
+//! Requests to the app itself never touch a socket: `http://self`,
+//! `http://self.alt` and a relative URL (which Spin's SDKs send with the
+//! authority `:80`) go through the app's router, `http://<id>.spin.internal`
+//! straight to component `<id>` (service chaining), each granted like any
+//! other host and carrying the trace context. A chain is at most
+//! [`MAX_HOPS`] requests deep and never outlives the request that began it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use http::uri::Scheme;
 use opentelemetry::KeyValue;
@@ -72,6 +81,62 @@ static DENIAL_LOG: crate::telemetry::RateLimit = crate::telemetry::RateLimit::pe
 /// too) and outbound calls.
 pub struct OutboundHttp;
 
+/// How deep a chain of requests to the app itself may go: a component that
+/// calls itself without end gets `loop-detected`, not the whole pool.
+pub const MAX_HOPS: u32 = 8;
+
+/// Where a request to the app itself goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Internal {
+    /// `http://self`, `http://self.alt`, a relative URL: routed by path.
+    Router,
+    /// `http://<id>.spin.internal`: component `<id>`, whatever its routes.
+    Component(String),
+}
+
+impl Internal {
+    /// The internal destination `uri` names, if it names one.
+    pub fn of(uri: &http::Uri) -> Option<Internal> {
+        let host = uri.host().unwrap_or("").to_ascii_lowercase();
+        match host.as_str() {
+            "" | "self" | "self.alt" => Some(Internal::Router),
+            h => h
+                .strip_suffix(".spin.internal")
+                .filter(|id| !id.is_empty() && !id.contains('.'))
+                .map(|id| Internal::Component(id.to_string())),
+        }
+    }
+}
+
+/// A request to the app itself, as the outbound hook hands it over.
+pub struct InternalRequest {
+    pub to: Internal,
+    pub request: http::Request<WasiBody>,
+    /// How many requests deep the chain is, this one included.
+    pub hops: u32,
+    /// The deadline of the request that began the chain.
+    pub deadline: Instant,
+}
+
+/// What answers requests to the app itself: the app's server.
+pub trait AppDispatch: Send + Sync {
+    fn dispatch(
+        self: Arc<Self>,
+        request: InternalRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<WasiBody>, HttpError>> + Send>>;
+}
+
+/// The app-wide state: the server that answers requests to the app itself,
+/// set once it exists (it holds this state, so it comes after it).
+#[derive(Default)]
+pub struct SelfApp(OnceLock<Weak<dyn AppDispatch>>);
+
+impl SelfApp {
+    pub fn set(&self, app: Weak<dyn AppDispatch>) {
+        let _ = self.0.set(app);
+    }
+}
+
 /// What a component may call: its allow-list, and whether its calls carry
 /// the request's trace context (`tool.gantry.propagate_trace_context`).
 pub struct OutboundGrant {
@@ -87,11 +152,11 @@ pub struct HttpInstance {
 
 impl Capability for OutboundHttp {
     type Grant = OutboundGrant;
-    type Shared = ();
+    type Shared = SelfApp;
     type Instance = HttpInstance;
 
-    fn shared(_: &Settings) -> anyhow::Result<()> {
-        Ok(())
+    fn shared(_: &Settings) -> anyhow::Result<SelfApp> {
+        Ok(SelfApp::default())
     }
 
     fn grant(
@@ -123,7 +188,7 @@ impl Capability for OutboundHttp {
         })
     }
 
-    fn instance(_: &(), grant: &OutboundGrant, request: &Request) -> HttpInstance {
+    fn instance(app: &SelfApp, grant: &OutboundGrant, request: &Request) -> HttpInstance {
         HttpInstance {
             ctx: WasiHttpCtx::new(),
             hooks: OutboundHooks {
@@ -133,6 +198,9 @@ impl Capability for OutboundHttp {
                 tracing: request.trace.tracing.clone(),
                 metrics: request.trace.metrics.clone(),
                 guest: request.guest.clone(),
+                app: app.0.get().cloned(),
+                hops: request.hops,
+                deadline: request.deadline,
             },
         }
     }
@@ -166,6 +234,11 @@ pub struct OutboundHooks {
     metrics: Arc<Metrics>,
     /// The guest's open spans: a client span's parent is the innermost one.
     guest: Arc<Mutex<GuestTelemetry>>,
+    /// The app, for requests to itself.
+    app: Option<Weak<dyn AppDispatch>>,
+    /// How many requests to the app itself led to this one.
+    hops: u32,
+    deadline: Instant,
 }
 
 impl OutboundHooks {
@@ -220,8 +293,21 @@ impl WasiHttpHooks for OutboundHooks {
             attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
         let cx = self.tracing.client_span(&self.parent(), method, attrs);
-        let host = self.policy.label(&uri);
-        if !self.policy.allows_uri(&uri) {
+        let internal = Internal::of(&uri);
+        // A relative URL is a request to `http://self`.
+        let checked = match (&internal, uri.host()) {
+            (Some(Internal::Router), Some("") | None) => self_uri(&uri),
+            _ => uri.clone(),
+        };
+        // `http://self` grants `http://self.alt` too.
+        let granting = if internal == Some(Internal::Router) && !self.policy.allows_uri(&checked) {
+            self_uri(&uri)
+        } else {
+            checked.clone()
+        };
+        let host = self.policy.label(&granting);
+        let granted = self.policy.allows_uri(&granting);
+        if !granted {
             self.metrics
                 .outbound_denied
                 .with(&[&self.component, &host])
@@ -247,9 +333,50 @@ impl WasiHttpHooks for OutboundHooks {
         let metrics = self.metrics.clone();
         let component = self.component.clone();
         let started = std::time::Instant::now();
+        let app = match &internal {
+            Some(_) if self.hops >= MAX_HOPS => {
+                end_failed_span(
+                    &cx,
+                    "loop-detected",
+                    format!("more than {MAX_HOPS} requests to the app in one chain"),
+                );
+                return Box::new(async { Err(HttpError::LoopDetected) });
+            }
+            Some(_) => self.app.as_ref().and_then(Weak::upgrade),
+            None => None,
+        };
+        let (hops, deadline) = (self.hops + 1, self.deadline);
         Box::new(async move {
             use http_body_util::BodyExt;
-            let result = wasmtime_wasi_http::default_send_request(request, options).await;
+            let result = match (internal, app) {
+                (Some(to), Some(app)) => {
+                    let mut request = request;
+                    if checked != uri {
+                        *request.uri_mut() = checked;
+                    }
+                    app.dispatch(InternalRequest {
+                        to,
+                        request,
+                        hops,
+                        deadline,
+                    })
+                    .await
+                    .map(|res| {
+                        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                            Box::new(async { Ok(()) });
+                        (res, io)
+                    })
+                }
+                // The app is gone: the host is shutting down.
+                (Some(_), None) => Err(HttpError::ConnectionRefused),
+                (None, _) => wasmtime_wasi_http::default_send_request(request, options)
+                    .await
+                    .map(|(res, io)| {
+                        let io: Box<dyn Future<Output = Result<(), HttpError>> + Send> =
+                            Box::new(io);
+                        (res.map(BodyExt::boxed_unsync), io)
+                    }),
+            };
             let status = match &result {
                 Ok((res, _)) => res.status().as_str().to_string(),
                 Err(_) => "error".to_string(),
@@ -261,10 +388,7 @@ impl WasiHttpHooks for OutboundHooks {
             match result {
                 Ok((res, io)) => {
                     end_client_span(&cx, res.status().as_u16());
-                    Ok((
-                        res.map(BodyExt::boxed_unsync),
-                        Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                    ))
+                    Ok((res, io))
                 }
                 Err(e) => {
                     end_failed_span(&cx, "connection", format!("{e:?}"));
@@ -273,6 +397,13 @@ impl WasiHttpHooks for OutboundHooks {
             }
         })
     }
+}
+
+/// `uri` with the host `self`: how a relative URL is granted and routed.
+fn self_uri(uri: &http::Uri) -> http::Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(http::uri::Authority::from_static("self"));
+    http::Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 #[cfg(test)]
