@@ -418,8 +418,21 @@ fn run_sqlite_statements(
     Ok(())
 }
 
-fn load_manifest(path: &Path, check_sources: bool) -> anyhow::Result<App> {
-    manifest::load_with(path, check_sources).map_err(|e| anyhow::anyhow!("{e}"))
+/// Reads the manifest and gives each `{ url, digest }` source its file.
+fn load_manifest(args: &AppArgs, check_sources: bool) -> anyhow::Result<App> {
+    let mut app =
+        manifest::load_with(&args.manifest, check_sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = crate::sources::downloads_dir(
+        args.cache_dir
+            .clone()
+            .or_else(runtime::default_cache_dir)
+            .as_deref(),
+    );
+    crate::sources::fetch_all(&mut app, &dir).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })?;
+    Ok(app)
 }
 
 fn runtime_config(args: &AppArgs, pool_size: u32, max_memory: u64, pooling: bool) -> RuntimeConfig {
@@ -491,7 +504,7 @@ fn up_runtime_config(args: &UpArgs, app: &App, pool_size: u32) -> RuntimeConfig 
 /// `gantry compile`: every component compiled into `--out`, as `up` would.
 fn compile(args: CompileArgs) -> anyhow::Result<()> {
     let mut up = args.up;
-    let app = load_manifest(&up.app.manifest, true)?;
+    let app = load_manifest(&up.app, true)?;
     up.app.no_cache = false;
     up.app.precompiled = None;
     up.app.cache_dir = Some(args.out.clone());
@@ -525,7 +538,7 @@ fn compile(args: CompileArgs) -> anyhow::Result<()> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let app = load_manifest(&args.app.manifest, true)?;
+    let app = load_manifest(&args.app, true)?;
     state_config(&args.app, &app)?;
     let config = runtime_config(&args.app, 1, 128 << 20, false);
     let runtime = Runtime::new(config)?;
@@ -588,9 +601,13 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     }
     println!("Routes:");
     for t in &app.triggers {
+        let target = match &t.target {
+            manifest::TriggerTarget::Component(id) => id.clone(),
+            manifest::TriggerTarget::Static(r) => format!("(static {})", r.status.as_u16()),
+        };
         match &t.route {
-            manifest::RouteSpec::Path(p) => println!("  {:<12} {}", t.component, p),
-            manifest::RouteSpec::Private => println!("  {:<12} (private)", t.component),
+            manifest::RouteSpec::Path(p) => println!("  {target:<12} {p}"),
+            manifest::RouteSpec::Private => println!("  {target:<12} (private)"),
         }
     }
     println!(
@@ -606,10 +623,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let signals = ShutdownSignals::install()?;
     // Taken before reading it, so `--watch` sees an edit made while loading.
     let manifest_seen = crate::swap::signature(&manifest_path(&args.app.manifest));
-    let app = load_manifest(&args.app.manifest, !args.build)?;
+    let app = load_manifest(&args.app, !args.build)?;
     let app = if args.build {
         crate::builder::build_all(&app)?;
-        load_manifest(&args.app.manifest, true)?
+        load_manifest(&args.app, true)?
     } else {
         app
     };
@@ -865,7 +882,15 @@ fn routes_text(live: &LiveApp, addr: SocketAddr, admin: SocketAddr) -> String {
             (e.raw.to_string(), "")
         };
         let path = if path.is_empty() { "/".into() } else { path };
-        let _ = writeln!(out, "  {}: http://{addr}{path}{suffix}", e.component);
+        match &e.static_response {
+            Some(r) => {
+                let status = r.status.as_u16();
+                let _ = writeln!(out, "  (static {status}): http://{addr}{path}{suffix}");
+            }
+            None => {
+                let _ = writeln!(out, "  {}: http://{addr}{path}{suffix}", e.component);
+            }
+        }
     }
     out
 }

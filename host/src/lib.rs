@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod swap;
 pub mod telemetry;
 pub mod wasi_rc;

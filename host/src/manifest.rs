@@ -103,8 +103,11 @@ pub struct VariableSpec {
 pub struct ComponentSpec {
     pub id: String,
     pub description: Option<String>,
-    /// Absolute path of the `.wasm` file.
+    /// Absolute path of the `.wasm` file (for a `{ url, digest }` source,
+    /// where it was downloaded to, once it is).
     pub source: PathBuf,
+    /// A `{ url, digest }` source: what to download and check.
+    pub download: Option<Download>,
     /// The app folder (of spin.toml): what `files` patterns are relative to.
     pub app_dir: PathBuf,
     /// Where `source` was written, for errors found later (compile, link).
@@ -228,15 +231,93 @@ pub enum RouteSpec {
 #[derive(Debug, Clone)]
 pub struct HttpTrigger {
     pub route: RouteSpec,
-    pub component: String,
+    pub target: TriggerTarget,
     pub location: Location,
 }
 
+/// A `source = { url, digest }`: fetched once, checked against its
+/// SHA-256, kept by digest (see `sources::fetch_all`).
+#[derive(Debug, Clone)]
+pub struct Download {
+    pub url: String,
+    /// The SHA-256 the manifest gives, as 64 lowercase hex digits.
+    pub sha256: String,
+    pub location: Location,
+}
+
+impl Download {
+    fn from_table(
+        t: &toml::map::Map<String, toml::Value>,
+        location: &Location,
+    ) -> Result<Download, ManifestError> {
+        let error = |message: String| ManifestError {
+            location: location.clone(),
+            message,
+        };
+        if let Some(k) = t.keys().find(|k| *k != "url" && *k != "digest") {
+            return Err(error(format!(
+                "unknown field `{k}` in a `{{ url, digest }}` source"
+            )));
+        }
+        let url = match t.get("url") {
+            Some(toml::Value::String(u))
+                if u.starts_with("https://") || u.starts_with("http://") =>
+            {
+                u.clone()
+            }
+            Some(other) => {
+                return Err(error(format!(
+                    "`url` must be an http:// or https:// URL, found {}",
+                    short(other)
+                )));
+            }
+            None => return Err(error("missing `url`".into())),
+        };
+        let hex = match t.get("digest") {
+            Some(toml::Value::String(d)) => d.strip_prefix("sha256:").map(str::to_ascii_lowercase),
+            None => {
+                return Err(error(format!(
+                    "missing `digest` for {url}: give the file's SHA-256 as `digest = \"sha256:<64 hex digits>\"` (e.g. from `sha256sum`)"
+                )));
+            }
+            Some(_) => None,
+        };
+        match hex {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(Download {
+                url,
+                sha256: h,
+                location: location.clone(),
+            }),
+            _ => Err(error(
+                "`digest` must be \"sha256:\" followed by 64 hex digits".into(),
+            )),
+        }
+    }
+}
+
+/// What answers a trigger's route.
+#[derive(Debug, Clone)]
+pub enum TriggerTarget {
+    /// The component with this id.
+    Component(String),
+    /// The host itself, with this answer (`static_response`).
+    Static(std::sync::Arc<StaticResponse>),
+}
+
+/// A trigger's `static_response`: the status (200 unless given), headers
+/// and body the host answers with, no component involved.
+#[derive(Debug)]
+pub struct StaticResponse {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: bytes::Bytes,
+}
+
 impl App {
-    /// Routes that can receive requests, `(route, component id)`.
-    pub fn public_routes(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Routes that can receive requests, and what answers each.
+    pub fn public_routes(&self) -> impl Iterator<Item = (&str, &TriggerTarget)> {
         self.triggers.iter().filter_map(|t| match &t.route {
-            RouteSpec::Path(p) => Some((p.as_str(), t.component.as_str())),
+            RouteSpec::Path(p) => Some((p.as_str(), &t.target)),
             RouteSpec::Private => None,
         })
     }
@@ -318,6 +399,8 @@ struct RawHttpTrigger {
     id: Option<String>,
     route: Option<Spanned<toml::Value>>,
     component: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    static_response: Option<Spanned<toml::Value>>,
     #[serde(default)]
     executor: Option<Spanned<toml::Value>>,
 }
@@ -765,6 +848,7 @@ impl<'a> Ctx<'a> {
             return None;
         };
         let source_location = self.location(source.span(), Some(&source_field));
+        let mut download = None;
         let source_path = match source.get_ref() {
             toml::Value::String(s) => {
                 let p = self.dir.join(s);
@@ -798,11 +882,17 @@ impl<'a> Ctx<'a> {
                 p
             }
             toml::Value::Table(t) if t.contains_key("url") => {
-                errors.push(ManifestError {
-                    location: source_location,
-                    message: "a `{ url, digest }` source is not supported yet: download the .wasm and give its path".into(),
-                });
-                return None;
+                match Download::from_table(t, &source_location) {
+                    Ok(d) => {
+                        download = Some(d);
+                        // Set to the downloaded file by `sources::fetch_all`.
+                        PathBuf::new()
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        return None;
+                    }
+                }
             }
             other => {
                 errors.push(ManifestError {
@@ -966,6 +1056,7 @@ impl<'a> Ctx<'a> {
             id: id.to_string(),
             description: raw.description,
             source: source_path,
+            download,
             app_dir: self.dir.clone(),
             source_location,
             allowed_outbound_hosts: outbound,
@@ -1070,13 +1161,52 @@ impl<'a> Ctx<'a> {
             errors.push(self.error_at(route_span.clone(), Some(&route_field), m));
             return None;
         }
-        let Some(component) = raw.component else {
-            errors.push(self.error_at(
-                span,
-                Some(&format!("{field}.component")),
-                "missing `component`: the id of a `[component.<id>]` table",
-            ));
-            return None;
+        let component = match (raw.component, raw.static_response) {
+            (Some(c), None) => c,
+            (None, Some(sr)) => {
+                if let RouteSpec::Private = route {
+                    errors.push(self.error_at(
+                        route_span,
+                        Some(&route_field),
+                        "a private route cannot have a `static_response`: nothing could reach it",
+                    ));
+                    return None;
+                }
+                let target =
+                    self.static_response(&format!("{field}.static_response"), sr, errors)?;
+                if let RouteSpec::Path(p) = &route {
+                    let key = crate::router::normalize_route(p);
+                    if let Some(previous) = seen.insert(key, "a static response".into()) {
+                        errors.push(self.error_at(
+                            route_span,
+                            Some(&route_field),
+                            format!("route {p:?} is already routed to {previous}; each route may appear once"),
+                        ));
+                        return None;
+                    }
+                }
+                return Some(HttpTrigger {
+                    route,
+                    target: TriggerTarget::Static(std::sync::Arc::new(target)),
+                    location: self.location(span, Some(field)),
+                });
+            }
+            (None, None) => {
+                errors.push(self.error_at(
+                    span,
+                    Some(&format!("{field}.component")),
+                    "missing `component` (the id of a `[component.<id>]` table) or `static_response`",
+                ));
+                return None;
+            }
+            (Some(_), Some(sr)) => {
+                errors.push(self.error_at(
+                    sr.span(),
+                    Some(&format!("{field}.static_response")),
+                    "a trigger has either a `component` or a `static_response`, not both",
+                ));
+                return None;
+            }
         };
         let comp_span = component.span();
         let component_id = match component.get_ref() {
@@ -1107,20 +1237,109 @@ impl<'a> Ctx<'a> {
         }
         if let RouteSpec::Path(p) = &route {
             let key = crate::router::normalize_route(p);
-            if let Some(previous) = seen.insert(key, component_id.clone()) {
+            if let Some(previous) = seen.insert(key, format!("component {component_id:?}")) {
                 errors.push(self.error_at(
                     route_span,
                     Some(&route_field),
-                    format!("route {p:?} is already routed to component {previous:?}; each route may appear once"),
+                    format!(
+                        "route {p:?} is already routed to {previous}; each route may appear once"
+                    ),
                 ));
                 return None;
             }
         }
         Some(HttpTrigger {
             route,
-            component: component_id,
+            target: TriggerTarget::Component(component_id),
             location: self.location(span, Some(field)),
         })
+    }
+
+    /// A `static_response = { status_code, headers, body }` table, checked
+    /// whole: every problem is reported with its field.
+    fn static_response(
+        &self,
+        field: &str,
+        raw: Spanned<toml::Value>,
+        errors: &mut Vec<ManifestError>,
+    ) -> Option<StaticResponse> {
+        let span = raw.span();
+        let toml::Value::Table(table) = raw.into_inner() else {
+            errors.push(self.error_at(
+                span,
+                Some(field),
+                "expected a table like `{ status_code = 200, headers = { \"content-type\" = \"text/plain\" }, body = \"...\" }`",
+            ));
+            return None;
+        };
+        let before = errors.len();
+        let mut response = StaticResponse {
+            status: http::StatusCode::OK,
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+        };
+        for (key, value) in table {
+            let here = format!("{field}.{key}");
+            match (key.as_str(), value) {
+                ("status_code", toml::Value::Integer(n)) => {
+                    match u16::try_from(n).ok().filter(|n| (100..=599).contains(n)).map(http::StatusCode::from_u16) {
+                        Some(Ok(status)) => response.status = status,
+                        _ => errors.push(self.error_at(
+                            span.clone(),
+                            Some(&here),
+                            format!("{n} is not an HTTP status code (100 to 599)"),
+                        )),
+                    }
+                }
+                ("headers", toml::Value::Table(headers)) => {
+                    for (name, value) in headers {
+                        let header = format!("{here}.{name}");
+                        let parsed_name = http::HeaderName::from_bytes(name.as_bytes());
+                        let parsed_value = value
+                            .as_str()
+                            .map(http::HeaderValue::from_str);
+                        match (parsed_name, parsed_value) {
+                            (Ok(n), Some(Ok(v))) => response.headers.push((n, v)),
+                            (Err(_), _) => errors.push(self.error_at(
+                                span.clone(),
+                                Some(&header),
+                                format!("{name:?} is not a valid header name"),
+                            )),
+                            (_, None) => errors.push(self.error_at(
+                                span.clone(),
+                                Some(&header),
+                                format!("expected a string value, found {}", type_name(&value)),
+                            )),
+                            (_, Some(Err(_))) => errors.push(self.error_at(
+                                span.clone(),
+                                Some(&header),
+                                "the value holds characters a header cannot carry (a line break or control character)",
+                            )),
+                        }
+                    }
+                }
+                ("body", toml::Value::String(body)) => response.body = bytes::Bytes::from(body),
+                (k @ ("status_code" | "headers" | "body"), other) => errors.push(self.error_at(
+                    span.clone(),
+                    Some(&here),
+                    format!(
+                        "expected {}, found {}",
+                        match k {
+                            "status_code" => "an integer",
+                            "headers" => "a table of strings",
+                            _ => "a string",
+                        },
+                        type_name(&other)
+                    ),
+                )),
+                (k, _) => errors.push(self.error_at(
+                    span.clone(),
+                    Some(&here),
+                    format!("unknown field `{k}`: a static response has `status_code`, `headers` and `body`"),
+                )),
+            }
+        }
+        (errors.len() == before).then_some(response)
     }
 }
 

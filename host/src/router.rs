@@ -31,6 +31,9 @@ pub struct RouteEntry {
     pub component: Arc<str>,
     /// Index of the component in the app's component table.
     pub component_index: usize,
+    /// The host's own answer, when the route has a `static_response`
+    /// instead of a component (`component` is then empty).
+    pub static_response: Option<Arc<crate::manifest::StaticResponse>>,
     wildcard: bool,
     /// The route's own `spin-*` header values, made once when the table is
     /// built rather than on every request (routes are validated ASCII).
@@ -72,6 +75,7 @@ impl RouteEntry {
             based,
             component: Arc::from(component),
             component_index,
+            static_response: None,
             wildcard,
             route_headers,
         }
@@ -206,27 +210,44 @@ impl Router {
     pub fn build<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str, usize)>) -> Router {
         let mut router = Router::default();
         for (raw, component, index) in routes {
-            let (body, wildcard) = split_wildcard(raw);
-            let id = router.entries.len();
-            router.entries.push(RouteEntry::new(raw, component, index));
-            let mut node = &mut router.root;
-            for seg in split(body) {
-                node = if let Some(name) = seg.strip_prefix(':') {
-                    let slot = node
-                        .param
-                        .get_or_insert_with(|| (name.to_string(), Box::default()));
-                    &mut slot.1
-                } else {
-                    node.literal.entry(seg.to_string()).or_default()
-                };
-            }
-            if wildcard {
-                node.wildcard = Some(id);
-            } else {
-                node.exact = Some(id);
-            }
+            router.add_component(raw, component, index);
         }
         router
+    }
+
+    /// Routes `raw` to the component `component` (index `index`).
+    pub fn add_component(&mut self, raw: &str, component: &str, index: usize) {
+        self.add(RouteEntry::new(raw, component, index));
+    }
+
+    /// Routes `raw` to the host's own `response` (`static_response`).
+    pub fn add_static(&mut self, raw: &str, response: Arc<crate::manifest::StaticResponse>) {
+        let mut entry = RouteEntry::new(raw, "", usize::MAX);
+        entry.static_response = Some(response);
+        self.add(entry);
+    }
+
+    fn add(&mut self, entry: RouteEntry) {
+        let (body, wildcard) = split_wildcard(&entry.raw);
+        let segments: Vec<String> = split(body).into_iter().map(str::to_string).collect();
+        let id = self.entries.len();
+        self.entries.push(entry);
+        let mut node = &mut self.root;
+        for seg in segments {
+            node = if let Some(name) = seg.strip_prefix(':') {
+                let slot = node
+                    .param
+                    .get_or_insert_with(|| (name.to_string(), Box::default()));
+                &mut slot.1
+            } else {
+                node.literal.entry(seg).or_default()
+            };
+        }
+        if wildcard {
+            node.wildcard = Some(id);
+        } else {
+            node.exact = Some(id);
+        }
     }
 
     pub fn entries(&self) -> &[RouteEntry] {

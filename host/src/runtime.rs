@@ -30,7 +30,7 @@ use wasmtime_wasi_http::p3::bindings::http::types as p3_types;
 
 use crate::capabilities::ComponentCaps;
 use crate::capabilities::HostState;
-use crate::manifest::{App, Location};
+use crate::manifest::{App, Location, TriggerTarget};
 use crate::router::Router;
 
 /// How often the epoch advances; the granularity of timeouts and of the
@@ -1085,11 +1085,17 @@ pub fn load_app_over(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let routes: Vec<(&str, &str, usize)> = app
-        .public_routes()
-        .filter_map(|(route, comp)| index.get(comp).map(|&i| (route, comp, i)))
-        .collect();
-    let router = Router::build(routes);
+    let mut router = Router::default();
+    for (route, target) in app.public_routes() {
+        match target {
+            TriggerTarget::Component(comp) => {
+                if let Some(&i) = index.get(comp.as_str()) {
+                    router.add_component(route, comp, i);
+                }
+            }
+            TriggerTarget::Static(response) => router.add_static(route, response.clone()),
+        }
+    }
     let chained = slots
         .iter()
         .enumerate()

@@ -158,6 +158,9 @@ impl AppServer {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some(answer) = &m.entry.static_response {
+            return static_response(answer);
+        }
         let slot = live.slots[m.entry.component_index].clone();
         let version = slot.current.load_full();
         let component = slot.id.clone();
@@ -454,6 +457,17 @@ fn check_host<B>(req: &Request<B>) -> Result<(), &'static str> {
             }
         }
     }
+}
+
+/// A route's `static_response`, as the manifest gives it.
+fn static_response(answer: &crate::manifest::StaticResponse) -> Response<WasiBody> {
+    let mut response = Response::new(full(answer.body.clone()));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    for (name, value) in &answer.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    response
 }
 
 /// The client address a request to the app itself carries.

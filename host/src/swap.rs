@@ -220,7 +220,22 @@ impl Swapper {
         let (path, overrides, previous) =
             (self.manifest.clone(), self.overrides.clone(), old.clone());
         let result = tokio::task::spawn_blocking(move || -> Result<LiveApp, String> {
-            let app = manifest::load(&path).map_err(|e| e.to_string())?;
+            let mut app = manifest::load(&path).map_err(|e| e.to_string())?;
+            let dir = crate::sources::downloads_dir(
+                runtime
+                    .config()
+                    .cache_dir
+                    .clone()
+                    .or_else(runtime::default_cache_dir)
+                    .as_deref(),
+            );
+            crate::sources::fetch_all(&mut app, &dir).map_err(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
             runtime::load_app_over(&runtime, app, &overrides, Some(&previous)).map_err(|errors| {
                 errors
                     .iter()
