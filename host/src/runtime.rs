@@ -955,6 +955,73 @@ impl LiveApp {
     }
 }
 
+/// How a load goes, component by component: compiling one can take tens of
+/// seconds. On a terminal, a bar with the component being compiled, its
+/// size and the time so far; otherwise a log line per component.
+struct LoadProgress {
+    bar: Option<indicatif::ProgressBar>,
+    total: usize,
+    done: usize,
+}
+
+impl LoadProgress {
+    fn new(total: usize) -> LoadProgress {
+        use std::io::IsTerminal as _;
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} loading {pos}/{len} [{bar:24}] {elapsed} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        LoadProgress {
+            bar,
+            total,
+            done: 0,
+        }
+    }
+
+    fn start(&self, id: &str, size: usize) -> Instant {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{id} ({})", bytesize::ByteSize(size as u64)));
+        }
+        Instant::now()
+    }
+
+    fn done(&mut self, id: &str, size: usize, started: Instant, ok: bool) {
+        self.done += 1;
+        let elapsed = started.elapsed();
+        match &self.bar {
+            Some(bar) => {
+                bar.inc(1);
+                if self.done == self.total {
+                    bar.finish_and_clear();
+                }
+            }
+            None if ok => tracing::info!(
+                component = id,
+                size = %bytesize::ByteSize(size as u64),
+                elapsed = ?elapsed,
+                "component {}/{} ready",
+                self.done,
+                self.total
+            ),
+            None => {}
+        }
+    }
+}
+
+impl Drop for LoadProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// A problem found while loading an application, tied to the manifest.
 #[derive(Debug)]
 pub struct AppError {
@@ -1013,6 +1080,7 @@ pub fn load_app_over(
     let mut index = HashMap::new();
     let pool = runtime.config().pool_size;
     let default_share = default_share(pool, app.components.len());
+    let mut progress = LoadProgress::new(app.components.len());
     for (id, spec) in &app.components {
         let share = match spec.gantry.max_concurrency {
             Some(n) if n > pool => {
@@ -1050,7 +1118,12 @@ pub fn load_app_over(
                     Some(v) if *v.loaded.digest == *digest && v.loaded.source == spec.source => {
                         Ok(v.loaded.clone())
                     }
-                    _ => runtime.load_bytes(id, &spec.source, &bytes).map(Arc::new),
+                    _ => {
+                        let started = progress.start(id, bytes.len());
+                        let loaded = runtime.load_bytes(id, &spec.source, &bytes).map(Arc::new);
+                        progress.done(id, bytes.len(), started, loaded.is_ok());
+                        loaded
+                    }
                 }
             }
         };

@@ -146,3 +146,38 @@ async fn small_address_space_falls_back_to_on_demand_allocation() {
     assert_eq!(get(&g.url("/alpha")).await.status, 200);
     assert!(g.stderr().contains("pooling=true"), "{}", g.stderr());
 }
+
+/// Loading says how it goes: without a terminal, one line per component
+/// with its name, size and the time it took.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_component_loaded_is_a_log_line_with_its_size_and_time() {
+    wasm("alpha");
+    let (_dir, manifest) = write_manifest(
+        r#"
+spin_manifest_version = 2
+[application]
+name = "progress"
+[[trigger.http]]
+route = "/a"
+component = "first"
+[[trigger.http]]
+route = "/b"
+component = "second"
+[component.first]
+source = "{wasm}/alpha.wasm"
+[component.second]
+source = "{wasm}/alpha.wasm"
+"#,
+    );
+    let g = Gantry::start(&manifest, &["--no-cache"]);
+    let log = g.stderr();
+    for (id, n) in [("first", 1), ("second", 2)] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("component {n}/2 ready")))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{log}"));
+        assert!(line.contains(&format!("component=\"{id}\"")), "{line}");
+        assert!(line.contains("size="), "{line}");
+        assert!(line.contains("elapsed="), "{line}");
+    }
+}
