@@ -16,6 +16,7 @@ mod gpio;
 mod outbound_hosts;
 pub mod runtime_config;
 mod template;
+pub use crate::router::StaticResponse;
 pub use gpio::{GpioGrant, MAX_BCM};
 pub use outbound_hosts::{HostPattern, OTHER, default_port};
 pub use template::{Template, is_valid_name};
@@ -302,15 +303,6 @@ pub enum TriggerTarget {
     Component(String),
     /// The host itself, with this answer (`static_response`).
     Static(std::sync::Arc<StaticResponse>),
-}
-
-/// A trigger's `static_response`: the status (200 unless given), headers
-/// and body the host answers with, no component involved.
-#[derive(Debug)]
-pub struct StaticResponse {
-    pub status: http::StatusCode,
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub body: bytes::Bytes,
 }
 
 impl App {

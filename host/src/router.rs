@@ -20,6 +20,15 @@ use std::sync::Arc;
 use http::header::InvalidHeaderValue;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// A route's `static_response`: the status (200 unless given), headers and
+/// body the host answers with, no component involved.
+#[derive(Debug)]
+pub struct StaticResponse {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: bytes::Bytes,
+}
+
 /// One routable entry.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
@@ -33,7 +42,7 @@ pub struct RouteEntry {
     pub component_index: usize,
     /// The host's own answer, when the route has a `static_response`
     /// instead of a component (`component` is then empty).
-    pub static_response: Option<Arc<crate::manifest::StaticResponse>>,
+    pub static_response: Option<Arc<StaticResponse>>,
     wildcard: bool,
     /// The route's own `spin-*` header values, made once when the table is
     /// built rather than on every request (routes are validated ASCII).
@@ -221,7 +230,7 @@ impl Router {
     }
 
     /// Routes `raw` to the host's own `response` (`static_response`).
-    pub fn add_static(&mut self, raw: &str, response: Arc<crate::manifest::StaticResponse>) {
+    pub fn add_static(&mut self, raw: &str, response: Arc<StaticResponse>) {
         let mut entry = RouteEntry::new(raw, "", usize::MAX);
         entry.static_response = Some(response);
         self.add(entry);
