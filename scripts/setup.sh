@@ -88,4 +88,5 @@ target/venv/bin/pip install --quiet --disable-pip-version-check \
     -r functions/hello-py/requirements.txt
 functions/hello-py/build.sh
 functions/platform-py/build.sh
+functions/hello-js/build.sh
 echo "setup done: target/release/gantry"

@@ -13,6 +13,7 @@ cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
 cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
 functions/hello-py/build.sh
 functions/platform-py/build.sh
+functions/hello-js/build.sh
 cargo clippy --locked --release -p gantry --all-targets --features rppal -- -D warnings
 cargo clippy --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry -- -D warnings
 cargo test --locked --release -p gantry

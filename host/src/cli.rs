@@ -136,6 +136,9 @@ pub struct UpArgs {
 
     /// Swap a component in when its `.wasm` changes, and re-read spin.toml
     /// when it changes (routes and components added, removed, replaced).
+    /// With --build: rebuild a component when a file its build `watch`
+    /// globs match changes (only that one), and swap the result in; a
+    /// failed build is shown and the running version keeps serving.
     #[arg(long)]
     pub watch: bool,
 
@@ -754,6 +757,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let _watcher = args.watch.then(|| {
         tracing::info!("watching spin.toml and every component's source for changes");
         swapper.clone().watch(args.watch_interval, manifest_seen)
+    });
+    // With --build too: a change to a component's `watch` globs rebuilds
+    // that component, and the watcher above swaps the result in.
+    let _rebuilder = (args.watch && args.build).then(|| {
+        tracing::info!("rebuilding a component when its build's watched sources change");
+        crate::builder::watch(swapper.clone(), args.watch_interval)
     });
     admin_state.ready.store(true, Ordering::Relaxed);
     // Announced once every admin call works, so whoever waits for this line

@@ -1,0 +1,15 @@
+// Bundles src/index.js into build/bundle.js for j2w (componentize-js).
+// Imports the SDK's WIT interfaces name are left external for j2w to bind.
+import { build } from 'esbuild';
+import { SpinEsbuildPlugin } from '@spinframework/build-tools/plugins/esbuild/index.js';
+
+await build({
+    entryPoints: ['./src/index.js'],
+    outfile: './build/bundle.js',
+    bundle: true,
+    format: 'esm',
+    platform: 'node',
+    minify: false,
+    logLevel: 'error',
+    plugins: [await SpinEsbuildPlugin()],
+});
