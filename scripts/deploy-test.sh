@@ -178,13 +178,14 @@ python3 scripts/kubectl-dry-run.py "$tools/kubectl" deploy/k3s/*.yaml deploy/ked
 
 # The app folder the image and the ConfigMaps carry loads as it is.
 deploy/stage-app.sh "$out/app"
-target/release/gantry check -f "$out/app/spin.toml" --no-cache >/dev/null
+# (The compile cache the tests filled: the staged components are the same bytes.)
+target/release/gantry check -f "$out/app/spin.toml" --cache-dir target/test-compile-cache >/dev/null
 
 # The load test runs against the real host serving that folder: a short
 # headless locust run must make requests and see no failure.
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 target/release/gantry up -f "$out/app/spin.toml" --listen "127.0.0.1:$port" \
-    --admin-listen 127.0.0.1:0 --no-cache >"$out/gantry.out" 2>"$out/gantry.err" &
+    --admin-listen 127.0.0.1:0 --cache-dir target/test-compile-cache >"$out/gantry.out" 2>"$out/gantry.err" &
 gantry_pid=$!
 trap 'kill $gantry_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -17,7 +17,9 @@ triple=x86_64-unknown-linux-musl
 bin=target/$triple/dist/gantry
 cargo build --locked --profile dist --target "$triple" -p gantry --features rppal
 rm -rf target/image-app target/image-precompiled
-deploy/stage-app.sh target/image-app
+# The example app without its Python and JavaScript components (see
+# deploy/Dockerfile).
+deploy/stage-app.sh --leave-out hello-py --leave-out hello-js target/image-app
 # The settings the image runs with (deploy/Dockerfile's ENV).
 GANTRY_MAX_INSTANCE_MEMORY=16MiB "$bin" compile -f target/image-app/spin.toml \
     --out target/image-precompiled >/dev/null 2>&1

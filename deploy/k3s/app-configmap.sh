@@ -2,6 +2,9 @@
 # Prints the example app as two ConfigMaps for deploy/k3s (one ConfigMap is
 # capped at 1 MiB): `gantry-app` (spin.toml and the traced examples) and
 # `gantry-app-robot` (the robot and the counter). Components go in as binaryData.
+# The Python and JavaScript examples (tens of MB) and the static site (a
+# folder tree) do not fit in ConfigMaps: that app leaves them out (said on
+# stderr); the image carries the whole app.
 #   deploy/k3s/app-configmap.sh | kubectl apply --server-side -f -
 # Server-side: a client-side apply copies each object into its last-applied
 # annotation, which for a component-sized ConfigMap passes the 256 KiB that
@@ -14,7 +17,7 @@ namespace=${NAMESPACE:-gantry}
 kubectl=${KUBECTL:-kubectl}
 app=$(mktemp -d)
 trap 'rm -rf "$app"' EXIT
-"$here/../stage-app.sh" "$app"
+"$here/../stage-app.sh" --leave-out hello-py --leave-out hello-js --leave-out site "$app"
 "$kubectl" create configmap gantry-app --namespace "$namespace" --dry-run=client -o yaml \
     --from-file="$app/spin.toml" --from-file="$app/hello.wasm" --from-file="$app/alpha.wasm" \
     --from-file="$app/beta.wasm" --from-file="$app/broken.wasm"

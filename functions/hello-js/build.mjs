@@ -1,5 +1,5 @@
 // Bundles src/index.js into build/bundle.js for j2w (componentize-js).
-// Imports the SDK's WIT interfaces name are left external for j2w to bind.
+// The imports that name the SDK's WIT interfaces stay external: j2w binds them.
 import { build } from 'esbuild';
 import { SpinEsbuildPlugin } from '@spinframework/build-tools/plugins/esbuild/index.js';
 

@@ -155,8 +155,7 @@ impl AppServer {
         chain: Option<(u32, std::time::Instant)>,
     ) -> Response<WasiBody>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: InBody,
     {
         if let Some(answer) = &m.entry.static_response {
             return static_response(answer);
@@ -204,8 +203,7 @@ impl AppServer {
         chain: Option<(u32, std::time::Instant)>,
     ) -> Response<WasiBody>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: InBody,
     {
         // For the span's `url.path` and the error log, after the request has
         // gone to the guest.
@@ -667,14 +665,26 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// The request body as the guest sees it: at most `limit` bytes
-/// (`http_body_util::Limited`); past that it ends with
-/// `HTTP-request-body-size`, `overflow` is set and the host answers 413.
-fn limited<B>(body: B, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody
+/// A request body the server hands to a component: a client's (hyper's
+/// `Incoming`) or one another component sent to the app.
+pub trait InBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> InBody for B
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+}
+
+/// The request body as the guest sees it: at most `limit` bytes
+/// (`http_body_util::Limited`); past that it ends with
+/// `HTTP-request-body-size`, `overflow` is set and the host answers 413.
+fn limited<B: InBody>(body: B, limit: u64, overflow: Arc<AtomicBool>) -> WasiBody {
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     http_body_util::Limited::new(body, cap)
         .map_err(

@@ -335,13 +335,8 @@ async fn a_trap_mid_drive_leaves_every_motor_at_its_safe_level() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timeout_or_a_vanished_client_mid_drive_stops_the_motors() {
     // The drive outlasts the component's timeout: the guest is interrupted.
-    let (_dir, manifest) = write_manifest(&format!(
-        "{}\n",
-        std::fs::read_to_string(workspace().join("spin.toml"))
-            .expect("spin.toml")
-            .replace("timeout_ms = 15000", "timeout_ms = 400")
-            .replace("target/wasm32-wasip2/wasm", "{wasm}")
-    ));
+    let (_dir, manifest) =
+        write_manifest(&robot_manifest("").replace("timeout_ms = 15000", "timeout_ms = 400"));
     wasm("robot");
     let g = Gantry::start(&manifest, &[]);
     let t = Instant::now();

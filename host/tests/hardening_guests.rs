@@ -105,23 +105,6 @@ async fn guests_cannot_grow_host_memory_or_panic_it() {
     assert!(!g.stderr().contains("panicked"), "{}", g.stderr());
 }
 
-/// The robot and its pins, alone in a manifest of its own.
-fn robot_manifest(extra_grant: &str) -> String {
-    let root = std::fs::read_to_string(workspace().join("spin.toml")).expect("spin.toml");
-    let robot = &root[root.find("[component.robot]").expect("robot")..];
-    let robot = robot.replace(
-        "source = \"target/wasm32-wasip2/wasm/",
-        &format!("source = \"{}/", wasm_dir().display()),
-    );
-    let robot = robot.replace(
-        "linus-left-motor-forward = { pin = 5, mode = \"pwm\" }",
-        &format!("linus-left-motor-forward = {{ pin = 5, mode = \"pwm\"{extra_grant} }}"),
-    );
-    format!(
-        "spin_manifest_version = 2\n[application]\nname = \"robot\"\n\n[[trigger.http]]\nroute = \"/robot/...\"\ncomponent = \"robot\"\n\n{robot}"
-    )
-}
-
 fn duty(view: &Value, label: &str) -> f64 {
     view["pins"]
         .as_array()

@@ -334,7 +334,15 @@ fn a_good_manifest_passes_check_and_reports_what_it_found() {
         line("hello").contains("wasi:http 0.3 (concurrent engine)"),
         "{stdout}"
     );
-    assert!(stdout.contains("OK: 6 components, 6 routes"), "{stdout}");
+    assert!(
+        line("hello-js").contains("wasi:http 0.2 (plain engine)"),
+        "{stdout}"
+    );
+    assert!(
+        line("hello-py").contains("wasi:http 0.3 (concurrent engine)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("OK: 9 components, 9 routes"), "{stdout}");
     // The robot's pins are listed with their BCM numbers.
     assert!(stdout.contains("linus-left-eye=BCM17 output"), "{stdout}");
 }

@@ -366,3 +366,27 @@ pub fn check_ok(manifest: &Path) -> String {
     );
     stdout
 }
+
+/// The root app's robot and its pins, alone in a manifest of its own;
+/// `extra_grant` is added to the `linus-left-motor-forward` grant.
+pub fn robot_manifest(extra_grant: &str) -> String {
+    let root = std::fs::read_to_string(workspace().join("spin.toml")).expect("spin.toml");
+    // `[component.robot]` and its sub-tables, up to the next component.
+    let robot = &root[root.find("[component.robot]").expect("robot")..];
+    let end = robot
+        .match_indices("\n[component.")
+        .find(|(i, _)| !robot[i + 1..].starts_with("[component.robot"))
+        .map_or(robot.len(), |(i, _)| i + 1);
+    let robot = &robot[..end];
+    let robot = robot.replace(
+        "source = \"target/wasm32-wasip2/wasm/",
+        &format!("source = \"{}/", wasm_dir().display()),
+    );
+    let robot = robot.replace(
+        "linus-left-motor-forward = { pin = 5, mode = \"pwm\" }",
+        &format!("linus-left-motor-forward = {{ pin = 5, mode = \"pwm\"{extra_grant} }}"),
+    );
+    format!(
+        "spin_manifest_version = 2\n[application]\nname = \"robot\"\n\n[[trigger.http]]\nroute = \"/robot/...\"\ncomponent = \"robot\"\n\n{robot}"
+    )
+}
