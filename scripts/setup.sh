@@ -5,6 +5,7 @@
 # what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mark() { echo "setup.sh: ${SECONDS}s: $*" >&2; }
 
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup toolchain list | grep -q "^${toolchain}"; then
@@ -31,7 +32,7 @@ for tool in prometheus:prometheus promtool:prometheus hey:hey chromium:chromium 
     valgrind:valgrind callgrind_control:valgrind \
     aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
     musl-gcc:musl-tools buildah:buildah podman:podman runc:runc protoc:protobuf-compiler \
-    haproxy:haproxy redis-server:redis-server; do
+    haproxy:haproxy redis-server:redis-server node:nodejs npm:npm; do
     command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
@@ -75,18 +76,23 @@ fi
 # The host as the tests build it (the binary, and the tests with the
 # dependency features they unify to), so that scripts/test.sh compiles none
 # of it again.
+mark toolchains and packages installed
 cargo test --release --locked -p gantry --no-run
+mark host tests built
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
 # Core modules: one as Spin's http-rust-p2 template builds (wasm32-wasip1),
 # one carrying its component type without WASI preview1.
 cargo build --locked --target wasm32-wasip1 --profile wasm -p kv-v2
 cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
+mark Rust guests built
 # The Python toolchain (componentize-py, Spin's Python SDK; pinned) in a venv
-# under target/, and the Python example and probe built with it.
+# under target/, and the Python example and probe built with it; the
+# JavaScript example's locked packages (npm, under target/) and its build.
 [ -x target/venv/bin/python ] || python3 -m venv target/venv
 target/venv/bin/pip install --quiet --disable-pip-version-check \
     -r functions/hello-py/requirements.txt
 functions/hello-py/build.sh
 functions/platform-py/build.sh
 functions/hello-js/build.sh
+mark "Python and JavaScript guests built"
 echo "setup done: target/release/gantry"

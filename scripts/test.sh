@@ -6,6 +6,8 @@
 # the container image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where the time goes, in the CI log: seconds since the start, per step.
+mark() { echo "test.sh: ${SECONDS}s: $*" >&2; }
 
 cargo fmt --all --check
 cargo build --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry
@@ -14,10 +16,13 @@ cargo build --locked --target wasm32-unknown-unknown --profile wasm -p bare
 functions/hello-py/build.sh
 functions/platform-py/build.sh
 functions/hello-js/build.sh
+mark guests built
 cargo clippy --locked --release -p gantry --all-targets --features rppal -- -D warnings
 cargo clippy --locked --target wasm32-wasip2 --profile wasm --workspace --exclude gantry -- -D warnings
+mark clippy done
 cargo test --locked --release -p gantry
 
+mark tests done
 # arm64 (Raspberry Pi) host: built with rppal, it runs under emulation, checks
 # the example app, and refuses --gpio rppal off a Pi with a clear message.
 cargo build --locked --release --target aarch64-unknown-linux-gnu -p gantry
@@ -42,8 +47,11 @@ if ! grep -q "no Raspberry Pi" <<<"$out"; then
 fi
 echo "arm64: --gpio rppal refused off a Pi: $(grep -m1 'no Raspberry Pi' <<<"$out")"
 
+mark arm64 done
 # Deployment: the Helm chart, k3s, KEDA and Argo CD objects against their
 # schemas, the load test against the real host; then the container image,
 # built with buildah and run under podman.
 scripts/deploy-test.sh
+mark deployment checks done
 scripts/image-test.sh
+mark image done

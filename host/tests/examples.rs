@@ -6,14 +6,6 @@
 mod common;
 use common::*;
 
-fn content_type(r: &Reply) -> String {
-    r.headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_root_app_serves_its_python_javascript_and_static_examples() {
     built(
@@ -34,7 +26,7 @@ async fn the_root_app_serves_its_python_javascript_and_static_examples() {
     // The static site.
     let r = get(&g.url("/static/")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(content_type(&r), "text/html; charset=utf-8");
+    assert_eq!(r.content_type(), "text/html; charset=utf-8");
     let index =
         std::fs::read_to_string(workspace().join("functions/site/index.html")).expect("index.html");
     assert_eq!(r.text(), index);
@@ -45,7 +37,7 @@ async fn the_root_app_serves_its_python_javascript_and_static_examples() {
         ("/static/gantry.svg", "image/svg+xml"),
     ] {
         let r = get(&g.url(path)).await;
-        assert_eq!((r.status, content_type(&r).as_str()), (200, ty), "{path}");
+        assert_eq!((r.status, r.content_type().as_str()), (200, ty), "{path}");
     }
     for path in [
         "/static/missing.html",
@@ -91,7 +83,7 @@ async fn the_root_app_serves_its_python_javascript_and_static_examples() {
     assert_eq!((r.status, r.text().as_str()), (200, "Hello, Wörld!\n"));
     let r = get(&g.url("/hello-js/items/books/42?sort=asc")).await;
     assert_eq!(r.status, 200);
-    assert_eq!(content_type(&r), "application/json; charset=utf-8");
+    assert_eq!(r.content_type(), "application/json; charset=utf-8");
     assert_eq!(
         r.json(),
         serde_json::json!({"kind": "books", "id": "42", "query": {"sort": "asc"}})
@@ -104,7 +96,7 @@ async fn the_root_app_serves_its_python_javascript_and_static_examples() {
     )
     .await;
     assert_eq!((r.status, r.text().as_str()), (200, "round trip"));
-    assert_eq!(content_type(&r), "text/x-test");
+    assert_eq!(r.content_type(), "text/x-test");
     // Unmatched by its router: the router's 404.
     assert_eq!(get(&g.url("/hello-js/nothing/here")).await.status, 404);
 }

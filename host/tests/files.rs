@@ -56,30 +56,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn content_type(r: &Reply) -> String {
-    r.headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mounted_folder_is_served_with_its_types_and_404s() {
     let (_dir, manifest) = app(APP);
     let g = Gantry::start(&manifest, &[]);
     let r = get(&g.url("/static/")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(content_type(&r), "text/html; charset=utf-8");
+    assert_eq!(r.content_type(), "text/html; charset=utf-8");
     assert!(r.text().contains("Served by Gantry"));
     let r = get(&g.url("/static/css/site.css")).await;
     assert_eq!(
-        (r.status, content_type(&r).as_str()),
+        (r.status, r.content_type().as_str()),
         (200, "text/css; charset=utf-8")
     );
     let r = get(&g.url("/static/gantry.svg")).await;
     assert_eq!(
-        (r.status, content_type(&r).as_str()),
+        (r.status, r.content_type().as_str()),
         (200, "image/svg+xml")
     );
     assert_eq!(get(&g.url("/static/missing.html")).await.status, 404);
