@@ -114,24 +114,49 @@ struct Sources {
     warned: bool,
 }
 
+/// The watched builds of the live app.
+fn builds(swapper: &Swapper) -> Vec<(String, BuildSpec)> {
+    swapper
+        .live()
+        .app
+        .components
+        .iter()
+        .filter_map(|(id, spec)| Some((id.clone(), spec.build.clone()?)))
+        .filter(|(_, b)| !b.watch.is_empty())
+        .collect()
+}
+
 /// Rebuilds each component whose watched sources change, until the process
-/// ends. The components and their builds are read from the live app on each
-/// tick, so a reloaded manifest's builds are the ones followed.
-pub fn watch(swapper: Arc<Swapper>, interval: Duration) -> tokio::task::JoinHandle<()> {
+/// ends. What the sources look like now is taken before this returns (so an
+/// edit made once the app is announced is seen as one); the components and
+/// their builds are read from the live app on each tick, so a reloaded
+/// manifest's builds are the ones followed.
+pub async fn watch(swapper: Arc<Swapper>, interval: Duration) -> tokio::task::JoinHandle<()> {
+    let initial = builds(&swapper);
+    let state = tokio::task::spawn_blocking(move || {
+        initial
+            .into_iter()
+            .map(|(id, build)| {
+                let mut warned = false;
+                let now = fingerprint(&id, &build, &mut warned);
+                let sources = Sources {
+                    applied: now,
+                    seen: now,
+                    warned,
+                };
+                (id, sources)
+            })
+            .collect::<HashMap<String, Sources>>()
+    })
+    .await
+    .unwrap_or_default();
     tokio::spawn(async move {
-        let mut state: HashMap<String, Sources> = HashMap::new();
+        let mut state = state;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let live = swapper.live();
-            let builds: Vec<(String, BuildSpec)> = live
-                .app
-                .components
-                .iter()
-                .filter_map(|(id, spec)| Some((id.clone(), spec.build.clone()?)))
-                .filter(|(_, b)| !b.watch.is_empty())
-                .collect();
+            let builds = builds(&swapper);
             state.retain(|id, _| builds.iter().any(|(b, _)| b == id));
             // Looking at the files is blocking work; so is the build.
             let mut taken = std::mem::take(&mut state);
@@ -141,7 +166,8 @@ pub fn watch(swapper: Arc<Swapper>, interval: Duration) -> tokio::task::JoinHand
                     let mut warned = taken.get(&id).is_some_and(|s| s.warned);
                     let now = fingerprint(&id, &build, &mut warned);
                     let Some(s) = taken.get_mut(&id) else {
-                        // First sight: what is there was built at start.
+                        // A component the reloaded manifest added: what is
+                        // there now is its starting point.
                         taken.insert(
                             id,
                             Sources {

@@ -760,10 +760,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     });
     // With --build too: a change to a component's `watch` globs rebuilds
     // that component, and the watcher above swaps the result in.
-    let _rebuilder = (args.watch && args.build).then(|| {
+    let _rebuilder = if args.watch && args.build {
         tracing::info!("rebuilding a component when its build's watched sources change");
-        crate::builder::watch(swapper.clone(), args.watch_interval)
-    });
+        Some(crate::builder::watch(swapper.clone(), args.watch_interval).await)
+    } else {
+        None
+    };
     admin_state.ready.store(true, Ordering::Relaxed);
     // Announced once every admin call works, so whoever waits for this line
     // (a test, a script) can use all of them.
