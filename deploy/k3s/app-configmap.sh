@@ -1,7 +1,7 @@
 #!/bin/sh
 # Prints the example app as two ConfigMaps for deploy/k3s (one ConfigMap is
 # capped at 1 MiB): `gantry-app` (spin.toml and the traced examples) and
-# `gantry-app-robot` (the robot and the counter). Components go in as binaryData.
+# `gantry-app-robot` (the robot, the counter and redis). Components go in as binaryData.
 # The Python and JavaScript examples (tens of MB) and the static site (a
 # folder tree) do not fit in ConfigMaps: that app leaves them out (said on
 # stderr); the image carries the whole app.
@@ -23,4 +23,5 @@ trap 'rm -rf "$app"' EXIT
     --from-file="$app/beta.wasm" --from-file="$app/broken.wasm"
 echo "---"
 "$kubectl" create configmap gantry-app-robot --namespace "$namespace" --dry-run=client -o yaml \
-    --from-file="$app/robot.wasm" --from-file="$app/counter.wasm"
+    --from-file="$app/robot.wasm" --from-file="$app/counter.wasm" \
+    --from-file="$app/redis.wasm"

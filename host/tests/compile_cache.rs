@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 /// The components of the app as its ConfigMaps carry it: the root app's
 /// Rust examples (the Python and JavaScript ones would add tens of seconds
 /// of compiling to every cold start here, and nothing to what is tested).
-const COMPONENTS: [&str; 6] = ["hello", "alpha", "beta", "broken", "robot", "counter"];
+const COMPONENTS: [&str; 7] = [
+    "hello",
+    "alpha",
+    "beta",
+    "broken",
+    "robot",
+    "counter",
+    "redis_example",
+];
 
 /// That app, laid out once per test run by deploy/stage-app.sh.
 fn app() -> std::path::PathBuf {

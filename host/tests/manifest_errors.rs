@@ -342,7 +342,7 @@ fn a_good_manifest_passes_check_and_reports_what_it_found() {
         line("hello-py").contains("wasi:http 0.3 (concurrent engine)"),
         "{stdout}"
     );
-    assert!(stdout.contains("OK: 9 components, 9 routes"), "{stdout}");
+    assert!(stdout.contains("OK: 10 components, 10 routes"), "{stdout}");
     // The robot's pins are listed with their BCM numbers.
     assert!(stdout.contains("linus-left-eye=BCM17 output"), "{stdout}");
 }

@@ -6,7 +6,8 @@
 //! host answered. `?sqlite` instead uses the default database (when
 //! granted) through SQLite 2.0.0 and 3.0.0; `POST ?sql` runs the statement
 //! the body holds there; `?open=N` opens the default key-value store and the
-//! default database N times each, holding them, to probe the host's bounds.
+//! default database N times each, holding them, to probe the host's bounds;
+//! `?redis=URL` runs every Redis operation against that server.
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
@@ -94,8 +95,57 @@ fn open(n: usize) -> Response {
     Response::new(200, answers.to_string())
 }
 
+/// `?redis=URL`: every operation of `fermyon:spin/redis@2.0.0` once, on
+/// keys under `gantry:v2:`, answering what each returned.
+fn redis(url: &str) -> Response {
+    use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+    fn out<T: Into<serde_json::Value>, E: std::fmt::Debug>(r: Result<T, E>) -> serde_json::Value {
+        match r {
+            Ok(v) => serde_json::json!({ "ok": v.into() }),
+            Err(e) => serde_json::json!({ "error": format!("{e:?}") }),
+        }
+    }
+    let c = match Connection::open(url) {
+        Ok(c) => c,
+        Err(e) => return Response::new(503, format!("{e:?}\n")),
+    };
+    let k = |s: &str| format!("gantry:v2:{s}");
+    let results = |rs: Vec<RedisResult>| -> Vec<serde_json::Value> {
+        rs.into_iter()
+            .map(|r| match r {
+                RedisResult::Nil => serde_json::Value::Null,
+                RedisResult::Status(s) => serde_json::json!({ "status": s }),
+                RedisResult::Int64(i) => i.into(),
+                RedisResult::Binary(b) => String::from_utf8_lossy(&b).into_owned().into(),
+            })
+            .collect()
+    };
+    let _ = c.del(&[k("text"), k("n"), k("set"), k("exec")]);
+    let answers = serde_json::json!({
+        "set": out(c.set(&k("text"), b"hello").map(|()| "done")),
+        "get": out(c.get(&k("text")).map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))),
+        "get_missing": out(c.get(&k("missing")).map(|v| v.is_none())),
+        "incr": out(c.incr(&k("n"))),
+        "incr_again": out(c.incr(&k("n"))),
+        "incr_text": out(c.incr(&k("text"))),
+        "sadd": out(c.sadd(&k("set"), &["a".to_string(), "b".to_string(), "a".to_string()])),
+        "smembers": out(c.smembers(&k("set")).map(|mut m| { m.sort(); m })),
+        "srem": out(c.srem(&k("set"), &["a".to_string(), "x".to_string()])),
+        "publish": out(c.publish("gantry:v2", b"hi").map(|()| "done")),
+        "execute_set": out(c.execute("SET", &[RedisParameter::Binary(k("exec").into_bytes()), RedisParameter::Int64(5)]).map(results)),
+        "execute_incrby": out(c.execute("INCRBY", &[RedisParameter::Binary(k("exec").into_bytes()), RedisParameter::Int64(2)]).map(results)),
+        "execute_mget": out(c.execute("MGET", &[RedisParameter::Binary(k("exec").into_bytes()), RedisParameter::Binary(k("missing").into_bytes())]).map(results)),
+        "execute_unknown": out(c.execute("NOSUCHCOMMAND", &[]).map(results)),
+        "del": out(c.del(&[k("text"), k("n"), k("missing")])),
+    });
+    Response::new(200, answers.to_string())
+}
+
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    if let Some(url) = req.query().strip_prefix("redis=") {
+        return Ok(redis(url));
+    }
     if req.query() == "sql" {
         return Ok(sql(&String::from_utf8_lossy(req.body())));
     }

@@ -17,6 +17,7 @@ pub mod gpio;
 pub mod key_value;
 pub mod otel;
 pub mod outbound_http;
+pub mod outbound_redis;
 pub mod sqlite;
 pub mod stdio;
 pub mod unserved;
@@ -50,6 +51,8 @@ pub(crate) mod bindings {
             "spin:sqlite/sqlite@3.1.0.[static]connection.open": async | trappable,
             "spin:sqlite/sqlite@3.1.0.[method]connection.execute": async | trappable,
             "spin:sqlite/sqlite@3.1.0.[drop]connection": async | trappable,
+            "fermyon:spin/redis": async | trappable,
+            "spin:redis/redis": async | trappable,
         },
         with: {
             "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
@@ -60,6 +63,8 @@ pub(crate) mod bindings {
             "fermyon:spin/sqlite.connection": super::sqlite::OpenDb,
             "spin:sqlite/sqlite@3.0.0.connection": super::sqlite::OpenDb,
             "spin:sqlite/sqlite@3.1.0.connection": super::sqlite::OpenDb,
+            "fermyon:spin/redis.connection": super::outbound_redis::OpenRedis,
+            "spin:redis/redis.connection": super::outbound_redis::OpenRedis,
         },
     });
 }
@@ -278,6 +283,7 @@ capabilities! {
     variables: variables::Variables,
     key_value: key_value::KeyValue,
     sqlite: sqlite::Sqlite,
+    redis: outbound_redis::Redis,
     otel: otel::Otel,
     gpio: gpio::Gpio,
 }

@@ -56,7 +56,54 @@ impl OutboundPolicy {
         let scheme = uri.scheme_str().unwrap_or("https");
         let host = uri.host()?;
         let port = uri.port_u16().or_else(|| default_port(scheme))?;
+        self.granting_address(scheme, host, port)
+    }
+
+    /// The entry that grants a connection to `scheme://host:port`, if one
+    /// does (what Redis, PostgreSQL, MySQL and MQTT check).
+    pub fn granting_address(&self, scheme: &str, host: &str, port: u16) -> Option<&HostPattern> {
         self.patterns.iter().find(|p| p.allows(scheme, host, port))
+    }
+
+    /// The metric label of a connection to `host`: the granting entry, else
+    /// the first entry naming the host, else `_OTHER` (see [`Self::label`]).
+    pub fn label_address(&self, scheme: &str, host: &str, port: u16) -> Arc<str> {
+        if let Some(p) = self.granting_address(scheme, host, port) {
+            return p.text().clone();
+        }
+        self.patterns
+            .iter()
+            .find(|p| p.names_host(host))
+            .map(|p| p.text().clone())
+            .unwrap_or_else(|| Arc::from(OTHER))
+    }
+
+    /// `spec`'s `allowed_outbound_hosts`, its templates rendered with the
+    /// app's variable `values`; errors name the file, line and field.
+    pub fn of(
+        spec: &ComponentSpec,
+        values: &BTreeMap<String, String>,
+    ) -> Result<OutboundPolicy, ManifestError> {
+        let mut patterns = Vec::new();
+        for rule in &spec.allowed_outbound_hosts {
+            let text = rule
+                .template
+                .render(values)
+                .map_err(|message| ManifestError {
+                    location: rule.location.clone(),
+                    message,
+                })?;
+            let pattern = HostPattern::parse(&text).map_err(|message| ManifestError {
+                location: rule.location.clone(),
+                message: if text == rule.raw {
+                    message
+                } else {
+                    format!("{} expands to {text:?}: {message}", rule.raw)
+                },
+            })?;
+            patterns.push(pattern);
+        }
+        Ok(OutboundPolicy::new(patterns))
     }
 
     /// The metric label of a call to `uri`: the entry that grants it, else
@@ -163,27 +210,8 @@ impl Capability for OutboundHttp {
         spec: &ComponentSpec,
         values: &BTreeMap<String, String>,
     ) -> Result<OutboundGrant, ManifestError> {
-        let mut patterns = Vec::new();
-        for rule in &spec.allowed_outbound_hosts {
-            let text = rule
-                .template
-                .render(values)
-                .map_err(|message| ManifestError {
-                    location: rule.location.clone(),
-                    message,
-                })?;
-            let pattern = HostPattern::parse(&text).map_err(|message| ManifestError {
-                location: rule.location.clone(),
-                message: if text == rule.raw {
-                    message
-                } else {
-                    format!("{} expands to {text:?}: {message}", rule.raw)
-                },
-            })?;
-            patterns.push(pattern);
-        }
         Ok(OutboundGrant {
-            policy: Arc::new(OutboundPolicy::new(patterns)),
+            policy: Arc::new(OutboundPolicy::of(spec, values)?),
             propagate: spec.gantry.propagate_trace_context.unwrap_or(true),
         })
     }

@@ -1,4 +1,4 @@
-//! Spin's interfaces this Gantry links but does not serve: Redis,
+//! Spin's interfaces this Gantry links but does not serve:
 //! PostgreSQL, MySQL, MQTT (`spin:*@3`/`@4`, `fermyon:spin/*@2.0.0`), the
 //! LLM interface. A component importing them loads, as under Spin (every
 //! Python component imports the whole platform world); each call answers
@@ -18,11 +18,9 @@ use super::HostState;
 
 /// Interfaces (by name prefix) that link and deny.
 const UNSERVED: &[(&str, &str)] = &[
-    ("spin:redis/", "Redis"),
     ("spin:postgres/", "PostgreSQL"),
     ("spin:mysql/", "MySQL"),
     ("spin:mqtt/", "MQTT"),
-    ("fermyon:spin/redis", "Redis"),
     ("fermyon:spin/postgres", "PostgreSQL"),
     ("fermyon:spin/mysql", "MySQL"),
     ("fermyon:spin/mqtt", "MQTT"),

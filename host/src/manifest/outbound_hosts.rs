@@ -1,7 +1,8 @@
 //! The syntax of `allowed_outbound_hosts` entries (Spin's): `scheme://host[:port]`,
 //! where `scheme` may be `*`, `host` may be `*` or `*.example.com`, and `port`
 //! may be a number, `*` or `low..high`. Without a port, the scheme's default
-//! port is meant (80 for http, 443 for https).
+//! port is meant (80 for http, 443 for https, 6379 for redis, 5432 for
+//! postgres, 3306 for mysql, 1883 for mqtt).
 
 use std::sync::Arc;
 
@@ -45,6 +46,11 @@ pub fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" => Some(80),
         "https" => Some(443),
+        "redis" | "rediss" => Some(6379),
+        "postgres" | "postgresql" => Some(5432),
+        "mysql" => Some(3306),
+        "mqtt" => Some(1883),
+        "mqtts" => Some(8883),
         _ => None,
     }
 }

@@ -26,6 +26,9 @@ use prometheus_client::registry::Registry;
 pub const HTTP_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Bucket bounds for database operations (the semantic conventions' advice
+/// for `db.client.operation.duration`).
+pub const DB_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// Bucket bounds for instantiation, which should take microseconds.
 pub const INSTANTIATION_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -216,6 +219,11 @@ pub struct Metrics {
     pub outbound_duration: Family<Histogram>,
     /// Outbound calls refused by `allowed_outbound_hosts`.
     pub outbound_denied: Family<Counter>,
+    /// `db.client.operation.duration` of guests' database calls (Redis,
+    /// PostgreSQL, MySQL, MQTT): component, `db.system.name`,
+    /// `db.operation.name` (from a fixed set), server address and port (the
+    /// granting manifest entry), `error.type` ("" when it worked).
+    pub db_duration: Family<Histogram>,
     /// One series per loaded component version, value 1.
     pub component_info: Family<Gauge>,
     /// When each component's current version was loaded (Unix seconds).
@@ -325,6 +333,16 @@ impl Metrics {
                 || Histogram::new(HTTP_BUCKETS),
             ),
             outbound_denied: Family::new(&["component", "server_address"], Counter::default),
+            db_duration: Family::new(
+                &[
+                    "component",
+                    "db_system_name",
+                    "db_operation_name",
+                    "server_address",
+                    "error_type",
+                ],
+                || Histogram::new(DB_BUCKETS),
+            ),
             component_info: Family::new(&["component", "digest", "wasi_http"], Gauge::default),
             component_loaded: Family::new(&["component"], Gauge::default),
             component_swaps: Family::new(&["component", "result"], Counter::default),
@@ -606,6 +624,14 @@ impl Metrics {
                 "Duration of guests' outbound HTTP requests.",
                 Kind::Histogram,
                 self.outbound_duration.series(Histogram::point),
+            ),
+            FamilySnapshot::of(
+                "db_client_operation_duration_seconds",
+                "db.client.operation.duration",
+                "s",
+                "Duration of guests' database operations.",
+                Kind::Histogram,
+                self.db_duration.series(Histogram::point),
             ),
             FamilySnapshot::of(
                 "gantry_outbound_denied",
