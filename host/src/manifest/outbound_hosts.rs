@@ -193,12 +193,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn database_schemes_have_their_default_ports() {
+        for (text, port) in [
+            ("redis://cache", 6379),
+            ("postgres://db", 5432),
+            ("mysql://db", 3306),
+            ("mqtt://broker", 1883),
+        ] {
+            let p = HostPattern::parse(text).expect(text);
+            let (scheme, host) = text.split_once("://").expect("scheme");
+            assert!(p.allows(scheme, host, port), "{text}");
+            assert!(!p.allows(scheme, host, port + 1), "{text}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_patterns() {
         for bad in [
             "example.com",
             "https://example.com/path",
             "https://exa mple.com",
-            "redis://cache",
+            "ftp://cache",
             "https://example.com:port",
             "https://*",
             "https://a.*.com",
