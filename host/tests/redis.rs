@@ -240,12 +240,21 @@ async fn concurrent_requests_share_one_pooled_connection() {
         .query(&mut c)
         .expect("GET");
     assert_eq!(visits, 64, "every INCR counted");
+    // One request holds at most 16 open; the 17th is refused, and the next
+    // request opens its 16 again.
+    for _ in 0..2 {
+        let r = get(&g.url(&format!("/v2?redis_open=17&url={}", server.url()))).await;
+        assert_eq!(
+            r.json(),
+            serde_json::json!({ "opened": 16, "error": "Error::TooManyConnections" })
+        );
+    }
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query(&mut c)
         .expect("CLIENT LIST");
-    // This test's own connection and the host's one for the component.
-    assert_eq!(clients.lines().count(), 2, "{clients}");
+    // This test's own connection and the host's one for each component.
+    assert_eq!(clients.lines().count(), 3, "{clients}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,8 @@
 //! granted) through SQLite 2.0.0 and 3.0.0; `POST ?sql` runs the statement
 //! the body holds there; `?open=N` opens the default key-value store and the
 //! default database N times each, holding them, to probe the host's bounds;
-//! `?redis=URL` runs every Redis operation against that server.
+//! `?redis=URL` runs every Redis operation against that server;
+//! `?redis_open=N&url=URL` opens N Redis connections at once.
 
 use spin_sdk::http::{IntoResponse, Request, Response};
 use spin_sdk::http_component;
@@ -141,10 +142,35 @@ fn redis(url: &str) -> Response {
     Response::new(200, answers.to_string())
 }
 
+/// `?redis_open=N&url=URL`: opens N connections to URL, holding them; how
+/// many opened and the first error.
+fn redis_open(n: usize, url: &str) -> Response {
+    let mut held = Vec::new();
+    let mut error = None;
+    for _ in 0..n {
+        match spin_sdk::redis::Connection::open(url) {
+            Ok(c) => held.push(c),
+            Err(e) => {
+                error = Some(format!("{e:?}"));
+                break;
+            }
+        }
+    }
+    let answer = serde_json::json!({ "opened": held.len(), "error": error });
+    Response::new(200, answer.to_string())
+}
+
 #[http_component]
 fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
     if let Some(url) = req.query().strip_prefix("redis=") {
         return Ok(redis(url));
+    }
+    if let Some((n, url)) = req
+        .query()
+        .strip_prefix("redis_open=")
+        .and_then(|q| q.split_once("&url="))
+    {
+        return Ok(redis_open(n.parse().unwrap_or(0), url));
     }
     if req.query() == "sql" {
         return Ok(sql(&String::from_utf8_lossy(req.body())));
