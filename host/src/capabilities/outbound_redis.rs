@@ -222,6 +222,10 @@ impl Pools {
                 None => map.entry(key).or_default().clone(),
             }
         };
+        // Pooled already: no client to make, nothing to connect.
+        if let Some(conn) = cell.get() {
+            return Ok(conn.clone());
+        }
         let client = redis::Client::open(url).map_err(|_| Failure::InvalidAddress)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
